@@ -1,0 +1,80 @@
+"""Input checks of the public API, shared by every backend (the C++ op repeats the shape checks
+for callers of torch.ops directly)."""
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def _check_tensor(name: str, t, value: Tensor) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"deformable_sample: {name} must be a Tensor, got {type(t).__name__}")
+    if t.device != value.device:
+        raise ValueError(
+            f"deformable_sample: {name} must be on the device of value ({value.device}), "
+            f"got {t.device}"
+        )
+    if t.dtype != value.dtype:
+        raise TypeError(
+            f"deformable_sample: {name} must have the dtype of value ({value.dtype}), got {t.dtype}"
+        )
+
+
+def check_inputs(
+    value: Tensor,
+    offset: Tensor,
+    amplitude: Optional[Tensor],
+    residual: Optional[Tensor],
+    alpha: Optional[Tensor],
+    offset_scale: float,
+) -> None:
+    """Raises TypeError/ValueError naming the bad argument and what was expected."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"deformable_sample: value must be a Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"deformable_sample: value must be floating point, got {value.dtype}")
+    if value.dim() != 4:
+        raise ValueError(
+            f"deformable_sample: value must be (B, H, W, C), got shape {tuple(value.shape)}"
+        )
+    B, H, W, C = value.shape
+    if H < 1 or W < 1 or C < 1:
+        raise ValueError(
+            f"deformable_sample: value must have H, W, C >= 1, got shape {tuple(value.shape)}"
+        )
+    _check_tensor("offset", offset, value)
+    if offset.dim() != 5 or tuple(offset.shape[:3]) != (B, H, W) or offset.shape[4] != 2:
+        raise ValueError(
+            f"deformable_sample: offset must be (B, H, W, G, 2) = ({B}, {H}, {W}, G, 2), "
+            f"got shape {tuple(offset.shape)}"
+        )
+    G = offset.shape[3]
+    if G < 1 or C % G != 0:
+        raise ValueError(f"deformable_sample: C ({C}) must be divisible by G ({G})")
+    if amplitude is not None:
+        _check_tensor("amplitude", amplitude, value)
+        if tuple(amplitude.shape) != (B, H, W, G):
+            raise ValueError(
+                f"deformable_sample: amplitude must be (B, H, W, G) = ({B}, {H}, {W}, {G}), "
+                f"got shape {tuple(amplitude.shape)}"
+            )
+    if residual is not None:
+        _check_tensor("residual", residual, value)
+        if residual.shape != value.shape:
+            raise ValueError(
+                f"deformable_sample: residual must have the shape of value {tuple(value.shape)}, "
+                f"got {tuple(residual.shape)}"
+            )
+    if alpha is not None:
+        _check_tensor("alpha", alpha, value)
+        if tuple(alpha.shape) != (B, 2):
+            raise ValueError(
+                f"deformable_sample: alpha must be (B, 2) = ({B}, 2), got shape {tuple(alpha.shape)}"
+            )
+    if isinstance(offset_scale, Tensor) or not isinstance(offset_scale, (int, float)):
+        raise TypeError(
+            f"deformable_sample: offset_scale must be a Python float, got {type(offset_scale).__name__}"
+        )
+    if not math.isfinite(offset_scale) or offset_scale <= 0:
+        raise ValueError(f"deformable_sample: offset_scale must be finite and > 0, got {offset_scale}")
