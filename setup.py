@@ -82,7 +82,7 @@ def _extensions():
                 define_macros=[("WITH_CUDA", None)],
                 extra_compile_args={
                     "cxx": cxx_flags,
-                    "nvcc": ["-O3", "-lineinfo", "-Xfatbin=-compress-all"],
+                    "nvcc": ["-O3", "-std=c++20", "-lineinfo", "-Xfatbin=-compress-all"],
                 },
                 extra_link_args=extra_link,
             )

@@ -38,17 +38,16 @@ SSO_HOST_DEVICE acc_t tanh_(acc_t v) {
   return tanh(v);
 }
 
-// Builds the sampling point of query pixel (row i, column j) from its raw (pre-tanh) offsets.
+// Builds the sampling point of query pixel (row i, column j) from the tanh of its raw offsets
+// (tx = tanh(raw x offset), ty likewise): kernels that vectorise tanh over a whole tensor call
+// this directly; make_sample_point below is the scalar entry point.
 // A NaN coordinate, or one so far outside that no corner can be in range, yields a point with
 // every corner out of range and zero derivatives; this test also keeps the float -> int
 // conversion below defined (it is undefined behaviour for NaN and out-of-range values).
 template <typename acc_t>
-SSO_HOST_DEVICE SamplePoint<acc_t> make_sample_point(
-    acc_t raw_dx, acc_t raw_dy, int64_t i, int64_t j, int64_t H, int64_t W,
-    acc_t offset_scale) {
+SSO_HOST_DEVICE SamplePoint<acc_t> make_sample_point_from_tanh(
+    acc_t tx, acc_t ty, int64_t i, int64_t j, int64_t H, int64_t W, acc_t offset_scale) {
   SamplePoint<acc_t> p;
-  const acc_t tx = tanh_(raw_dx);
-  const acc_t ty = tanh_(raw_dy);
   const acc_t x = static_cast<acc_t>(j) + offset_scale * tx;
   const acc_t y = static_cast<acc_t>(i) + offset_scale * ty;
   // Written so that NaN fails the test: every comparison with NaN is false.
@@ -81,6 +80,15 @@ SSO_HOST_DEVICE SamplePoint<acc_t> make_sample_point(
   p.in10 = y1_in && x0_in;
   p.in11 = y1_in && x1_in;
   return p;
+}
+
+// Builds the sampling point of query pixel (row i, column j) from its raw (pre-tanh) offsets.
+template <typename acc_t>
+SSO_HOST_DEVICE SamplePoint<acc_t> make_sample_point(
+    acc_t raw_dx, acc_t raw_dy, int64_t i, int64_t j, int64_t H, int64_t W,
+    acc_t offset_scale) {
+  return make_sample_point_from_tanh<acc_t>(tanh_(raw_dx), tanh_(raw_dy), i, j, H, W,
+                                            offset_scale);
 }
 
 // Bilinear corner weights; a corner out of range gets weight 0, so callers may skip its load

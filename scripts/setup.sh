@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Sets up everything on a fresh machine: a virtual environment in .venv with torch 2.14.1 and
+# torchvision 0.29.1 (taken from local disk where the machine has them), the project's
+# dependencies, and the compiled extension (CPU kernels always; CUDA kernels when torch is a
+# CUDA build and nvcc is present). Safe to run again: it only redoes what is missing or stale.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+pip_install() { "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$@"; }
+
+# Pinned torch first: the extension is compiled against exactly this build.
+if ! "$VENV/bin/python" -c "import torch, torchvision; assert torch.__version__.startswith('2.14.1')" 2>/dev/null; then
+  pip_install "torch==2.14.1" "torchvision==0.29.1"
+fi
+pip_install setuptools wheel ninja pybind11
+
+# torch guesses CUDA_HOME from the nvcc on PATH; a shim in /usr/local/bin would make that
+# /usr/local, which has no libcudart. setup.py resolves this too; say it here for ninja's sake.
+if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export CUDA_HOME=/usr/local/cuda
+fi
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+
+# --no-build-isolation: the extension must be built against the torch installed above, not a
+# torch that pip would fetch into an isolated build environment.
+start=$(date +%s)
+pip_install --no-build-isolation -e ".[test,triton]"
+echo "setup.sh: environment ready in $VENV (extension build/install took $(( $(date +%s) - start )) s)"
+"$VENV/bin/python" -c "import stable_sam_ops as s; print('stable_sam_ops backends:', s.available_backends())"

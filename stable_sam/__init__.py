@@ -1,0 +1,30 @@
+"""Stable-SAM (arXiv 2311.15776): SAM made robust to casual prompts by two small plugins in its
+mask decoder (deformable sampling, dynamic routing), computed by stable_sam_ops' fused op.
+
+    from stable_sam import build_stable_sam, StableSamPredictor
+    model = build_stable_sam("vit_b", "sam_vit_b_01ec64.pth", "stable_sam_vit_b.safetensors")
+    predictor = StableSamPredictor(model)
+"""
+
+__version__ = "0.1.0"
+
+from .build import build_stable_sam, stable_sam_model_registry
+from .checkpoint import CheckpointError, load_plugins, read_plugin_metadata, save_plugins
+from .modeling import StableSam
+from .plugins import PluginConfig, StableSamPlugins
+from .automatic_mask_generator import StableSamAutomaticMaskGenerator
+from .predictor import StableSamPredictor
+
+__all__ = [
+    "CheckpointError",
+    "PluginConfig",
+    "StableSam",
+    "StableSamAutomaticMaskGenerator",
+    "StableSamPlugins",
+    "StableSamPredictor",
+    "build_stable_sam",
+    "load_plugins",
+    "read_plugin_metadata",
+    "save_plugins",
+    "stable_sam_model_registry",
+]

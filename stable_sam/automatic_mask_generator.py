@@ -1,0 +1,19 @@
+"""SamAutomaticMaskGenerator over Stable-SAM.
+
+segment_anything's generator builds `SamPredictor(model)` itself, and SamPredictor calls
+`model.mask_decoder` directly, which for a StableSam is SAM's plain decoder. This subclass
+swaps in a StableSamPredictor, so the plugins take part.
+"""
+
+from segment_anything import SamAutomaticMaskGenerator
+
+from .modeling import StableSam
+from .predictor import StableSamPredictor
+
+
+class StableSamAutomaticMaskGenerator(SamAutomaticMaskGenerator):
+    """SamAutomaticMaskGenerator(model, **same keyword arguments) with Stable-SAM's decoder."""
+
+    def __init__(self, model: StableSam, *args, **kwargs) -> None:
+        super().__init__(model, *args, **kwargs)
+        self.predictor = StableSamPredictor(model)

@@ -1,0 +1,182 @@
+"""Checkpoints: SAM's official .pth (loaded safely and strictly into `model.sam`) and the plugin
+weights, saved on their own as safetensors with metadata."""
+
+import json
+import os
+import tempfile
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .plugins import PluginConfig
+
+PLUGIN_FORMAT = "stable-sam-plugins"
+PLUGIN_FORMAT_VERSION = "1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and what is wrong."""
+
+
+def _package_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _require_file(path: str, what: str) -> None:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} {path!r} does not exist")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{what} {path!r} is not a file")
+
+
+def check_state_dict(
+    module: nn.Module, state_dict: Mapping[str, Any], path: str, what: str
+) -> None:
+    """Raises CheckpointError listing missing and unexpected keys and shape mismatches."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong = [
+        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and isinstance(state_dict[k], Tensor) and state_dict[k].shape != v.shape
+    ]
+    not_tensors = sorted(
+        k for k in state_dict if k in expected and not isinstance(state_dict[k], Tensor)
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_short(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_short(unexpected)}")
+    if wrong:
+        problems.append(f"wrong shapes {_short(wrong)}")
+    if not_tensors:
+        problems.append(f"entries that are not tensors {_short(not_tensors)}")
+    if problems:
+        raise CheckpointError(f"{what} {path!r} does not match the model: " + "; ".join(problems))
+
+
+def _short(items, limit: int = 5) -> str:
+    shown = ", ".join(items[:limit])
+    return f"[{shown}{', ...' if len(items) > limit else ''}] ({len(items)})"
+
+
+def load_sam_checkpoint(sam: nn.Module, path: str) -> None:
+    """Loads an official SAM checkpoint (a state-dict .pth) strictly into `sam`."""
+    _require_file(path, "SAM checkpoint")
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and weights_only errors all mean "unusable file"
+        raise CheckpointError(f"SAM checkpoint {path!r} could not be read: {exc}") from exc
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointError(
+            f"SAM checkpoint {path!r} must hold a state dict, holds {type(state_dict).__name__}"
+        )
+    check_state_dict(sam, state_dict, path, "SAM checkpoint")
+    sam.load_state_dict(state_dict, strict=True)
+
+
+def _atomic_write(path: str, write) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_plugins(model: nn.Module, path: str) -> None:
+    """Writes model.plugins' weights and metadata to a safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.plugins.state_dict().items()}
+    metadata = {
+        "format": PLUGIN_FORMAT,
+        "format_version": PLUGIN_FORMAT_VERSION,
+        "model_type": model.model_type or "",
+        "plugin_config": model.plugins.config.to_json(),
+        "package_version": _package_version(),
+    }
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def read_plugin_metadata(path: str) -> Dict[str, Any]:
+    """Metadata of a plugin file: format_version, model_type (or None), plugin_config
+    (PluginConfig), package_version. Raises CheckpointError for unusable files."""
+    from safetensors import safe_open
+
+    _require_file(path, "plugin checkpoint")
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata()
+    except Exception as exc:
+        raise CheckpointError(
+            f"plugin checkpoint {path!r} is not a readable safetensors file "
+            f"(corrupt or truncated?): {exc}"
+        ) from exc
+    if not metadata or metadata.get("format") != PLUGIN_FORMAT:
+        raise CheckpointError(
+            f"plugin checkpoint {path!r} is not a Stable-SAM plugin file (metadata format is "
+            f"{(metadata or {}).get('format')!r}, expected {PLUGIN_FORMAT!r})"
+        )
+    if metadata.get("format_version") != PLUGIN_FORMAT_VERSION:
+        raise CheckpointError(
+            f"plugin checkpoint {path!r} has format version {metadata.get('format_version')!r}; "
+            f"this package reads version {PLUGIN_FORMAT_VERSION!r}"
+        )
+    try:
+        config = PluginConfig.from_json(metadata["plugin_config"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(
+            f"plugin checkpoint {path!r} has no valid plugin_config: {exc}"
+        ) from exc
+    return {
+        "format_version": metadata["format_version"],
+        "model_type": metadata.get("model_type") or None,
+        "plugin_config": config,
+        "package_version": metadata.get("package_version"),
+    }
+
+
+def load_plugins(model: nn.Module, path: str) -> Dict[str, Any]:
+    """Loads plugin weights saved by `save_plugins` into model.plugins; returns the metadata.
+
+    The file's model type and plugin config must match the model's (the plugins are trained on
+    one backbone's features), and its tensors must match model.plugins' keys and shapes.
+    """
+    from safetensors.torch import load_file
+
+    meta = read_plugin_metadata(path)
+    if meta["model_type"] and model.model_type and meta["model_type"] != model.model_type:
+        raise CheckpointError(
+            f"plugin checkpoint {path!r} was trained for model type {meta['model_type']!r}, "
+            f"the model is {model.model_type!r}"
+        )
+    ours: PluginConfig = model.plugins.config
+    if meta["plugin_config"] != ours:
+        theirs = meta["plugin_config"].to_dict()
+        diff = [
+            f"{k}: file {theirs[k]!r} vs model {v!r}"
+            for k, v in ours.to_dict().items()
+            if theirs[k] != v
+        ]
+        raise CheckpointError(
+            f"plugin checkpoint {path!r} has another plugin config: {'; '.join(diff)}"
+        )
+    try:
+        tensors = load_file(path, device="cpu")
+    except Exception as exc:
+        raise CheckpointError(
+            f"plugin checkpoint {path!r} could not be read (corrupt or truncated?): {exc}"
+        ) from exc
+    check_state_dict(model.plugins, tensors, path, "plugin checkpoint")
+    model.plugins.load_state_dict(tensors, strict=True)
+    return meta

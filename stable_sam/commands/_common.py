@@ -1,0 +1,245 @@
+"""Shared pieces of the segment and visualize commands: model options, image and prompt
+parsing with validation, colour overlays and atomic PNG writes."""
+
+import argparse
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from . import CliError
+
+MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "tiny")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model-type",
+        choices=MODEL_TYPES,
+        default="vit_b",
+        help="SAM backbone (default vit_b); 'tiny' is a random SAM for demos",
+    )
+    parser.add_argument("--sam-checkpoint", help="official SAM weights, e.g. sam_vit_b_01ec64.pth")
+    parser.add_argument(
+        "--plugin-checkpoint",
+        help="Stable-SAM plugin weights (.safetensors); without it the plugins "
+        "are at their identity init and Stable-SAM equals SAM",
+    )
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+
+
+def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", help="input image (any format Pillow reads)")
+    parser.add_argument(
+        "--box",
+        nargs=4,
+        type=float,
+        metavar=("X0", "Y0", "X1", "Y1"),
+        help="box prompt in image pixels",
+    )
+    parser.add_argument(
+        "--points",
+        nargs="+",
+        metavar="X,Y[,LABEL]",
+        default=None,
+        help="point prompts in image pixels; LABEL 1 = foreground (default), 0 = background",
+    )
+    parser.add_argument(
+        "--clip-prompts",
+        action="store_true",
+        help="clip prompts that fall outside the image instead of failing",
+    )
+    parser.add_argument("--out-dir", default=".", help="output folder (created if missing)")
+
+
+def build_model(args):
+    """StableSam from --model-type/--sam-checkpoint/--plugin-checkpoint, errors as CliError."""
+    import torch
+
+    from ..build import build_stable_sam
+    from ..checkpoint import CheckpointError
+
+    for flag, path in (
+        ("--sam-checkpoint", args.sam_checkpoint),
+        ("--plugin-checkpoint", args.plugin_checkpoint),
+    ):
+        if path is not None and not os.path.isfile(path):
+            raise CliError(f"{flag} {path!r}: no such file")
+    if args.sam_checkpoint is None:
+        if args.model_type != "tiny":
+            raise CliError(f"--sam-checkpoint is required for --model-type {args.model_type}")
+        print(
+            "WARNING: --model-type tiny without --sam-checkpoint is a RANDOMLY INITIALISED SAM; "
+            "its masks are meaningless (demo/test use only).",
+            file=sys.stderr,
+        )
+    try:
+        model = build_stable_sam(args.model_type, args.sam_checkpoint, args.plugin_checkpoint)
+    except (CheckpointError, FileNotFoundError) as exc:
+        raise CliError(str(exc)) from exc
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval()
+
+
+def load_image(path: str) -> np.ndarray:
+    """RGB uint8 HxWx3."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        raise CliError(f"image {path!r}: no such file")
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise CliError(f"image {path!r} could not be read: {exc}") from exc
+
+
+@dataclass
+class Prompts:
+    point_coords: Optional[np.ndarray]  # (K, 2) x, y in image pixels
+    point_labels: Optional[np.ndarray]  # (K,) 1 foreground, 0 background
+    box: Optional[np.ndarray]  # (4,) x0, y0, x1, y1
+
+
+def _parse_point(text: str) -> Tuple[float, float, int]:
+    parts = text.split(",")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        x, y = float(parts[0]), float(parts[1])
+        label = int(parts[2]) if len(parts) == 3 else 1
+    except ValueError:
+        raise CliError(f"--points: {text!r} is not X,Y or X,Y,LABEL") from None
+    if label not in (0, 1):
+        raise CliError(f"--points: label in {text!r} must be 0 or 1, is {label}")
+    if not (np.isfinite(x) and np.isfinite(y)):
+        raise CliError(f"--points: {text!r} is not finite")
+    return x, y, label
+
+
+def _inside(x: float, y: float, width: int, height: int) -> bool:
+    # Prompts are continuous pixel coordinates: the far edges (x = W, y = H) are inside.
+    return 0 <= x <= width and 0 <= y <= height
+
+
+def parse_prompts(args, image_shape: Tuple[int, ...]) -> Prompts:
+    """Validates --box/--points against the image: errors for inverted boxes and for prompts
+    outside the image (clipped instead with --clip-prompts)."""
+    height, width = image_shape[:2]
+    if args.box is None and not args.points:
+        raise CliError("give a prompt: --box X0 Y0 X1 Y1 and/or --points X,Y[,LABEL] ...")
+    coords = labels = box = None
+    if args.points:
+        parsed: List[Tuple[float, float, int]] = [_parse_point(p) for p in args.points]
+        for x, y, _ in parsed:
+            if not _inside(x, y, width, height):
+                if not args.clip_prompts:
+                    raise CliError(
+                        f"point ({x:g}, {y:g}) lies outside the {width}x{height} image; "
+                        "pass --clip-prompts to clip it"
+                    )
+        coords = np.array([[x, y] for x, y, _ in parsed], dtype=np.float64)
+        coords[:, 0] = coords[:, 0].clip(0, width)
+        coords[:, 1] = coords[:, 1].clip(0, height)
+        labels = np.array([label for _, _, label in parsed], dtype=np.int64)
+    if args.box is not None:
+        x0, y0, x1, y1 = args.box
+        if not all(np.isfinite(args.box)):
+            raise CliError(f"--box {args.box} is not finite")
+        if x1 <= x0 or y1 <= y0:
+            raise CliError(f"--box must have X0 < X1 and Y0 < Y1, got {x0:g} {y0:g} {x1:g} {y1:g}")
+        if not (_inside(x0, y0, width, height) and _inside(x1, y1, width, height)):
+            if not args.clip_prompts:
+                raise CliError(
+                    f"--box {x0:g} {y0:g} {x1:g} {y1:g} reaches outside the {width}x{height} "
+                    "image; pass --clip-prompts to clip it"
+                )
+        box = np.array(
+            [
+                min(max(x0, 0), width),
+                min(max(y0, 0), height),
+                min(max(x1, 0), width),
+                min(max(y1, 0), height),
+            ],
+            dtype=np.float64,
+        )
+        if box[2] <= box[0] or box[3] <= box[1]:
+            raise CliError(
+                f"--box {x0:g} {y0:g} {x1:g} {y1:g} is empty after clipping to the image"
+            )
+    return Prompts(coords, labels, box)
+
+
+def overlay_mask(
+    image: np.ndarray, mask: np.ndarray, color=(30, 144, 255), opacity: float = 0.5
+) -> np.ndarray:
+    out = image.astype(np.float32)
+    out[mask] = (1 - opacity) * out[mask] + opacity * np.array(color, dtype=np.float32)
+    return out.round().astype(np.uint8)
+
+
+def draw_prompts(image: np.ndarray, prompts: Prompts) -> np.ndarray:
+    import cv2
+
+    out = np.ascontiguousarray(image.copy())
+    thickness = max(1, round(max(image.shape[:2]) / 300))
+    if prompts.box is not None:
+        x0, y0, x1, y1 = (int(round(v)) for v in prompts.box)
+        cv2.rectangle(out, (x0, y0), (x1, y1), (0, 255, 0), thickness)
+    if prompts.point_coords is not None:
+        for (x, y), label in zip(prompts.point_coords, prompts.point_labels):
+            color = (0, 255, 0) if label == 1 else (255, 0, 0)
+            cv2.drawMarker(
+                out,
+                (int(round(x)), int(round(y))),
+                color,
+                cv2.MARKER_STAR,
+                markerSize=6 * thickness + 6,
+                thickness=thickness,
+            )
+    return out
+
+
+def write_png(path: str, array: np.ndarray) -> None:
+    """Writes a uint8 HxW or HxWx3 (RGB) PNG atomically (temp file + os.replace)."""
+    from PIL import Image
+
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
+    os.close(fd)
+    try:
+        Image.fromarray(array).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def prepare_out_dir(path: str) -> str:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"--out-dir {path!r} could not be created: {exc}") from exc
+    return path
+
+
+def predict(
+    predictor, prompts: Prompts, multimask: bool, *, use_plugins: bool, return_extras: bool = False
+):
+    """Runs the predictor; with multimask keeps the best-scored of the three masks."""
+    out = predictor.predict(
+        point_coords=prompts.point_coords,
+        point_labels=prompts.point_labels,
+        box=prompts.box,
+        multimask_output=multimask,
+        use_plugins=use_plugins,
+        return_extras=return_extras,
+    )
+    masks, scores = out[0], out[1]
+    best = int(np.argmax(scores))
+    extras = out[3] if return_extras else None
+    return masks[best], float(scores[best]), extras

@@ -1,0 +1,150 @@
+r"""`stable-sam evaluate`: mIoU / mBIoU / mSF under frozen prompts (and COCO mask mAP).
+
+    stable-sam evaluate --model-type vit_l --sam-checkpoint sam_vit_l_0b3195.pth \
+        --plugin-checkpoint stable_sam_vit_l.safetensors \
+        --data hqseg44k-val data --prompts prompts_hqseg_val.json --out eval/
+
+The prompts file is created on the first run (then reused, so every model sees the same
+prompts). Results accumulate per model in OUT/results.json and OUT/results.md. Under torchrun
+the images are sharded over ranks; rank 0 writes the files.
+"""
+import argparse
+import os
+import sys
+
+from . import CliError
+from ._common import add_model_arguments
+
+DATA_FORMS = ("hqseg DIR [DIR ...]", "hqseg44k-val ROOT", "coco IMAGE_DIR ANN_FILE")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "evaluate", help="accuracy and stability under frozen noisy prompts",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser)
+    parser.add_argument("--no-plugins", action="store_true",
+                        help="evaluate plain SAM (the plugins are bypassed)")
+    parser.add_argument("--data", nargs="+", required=True, metavar="ARG",
+                        help="one of: " + " | ".join(DATA_FORMS) + " (DIR holds im/ and gt/; "
+                             "ROOT is HQ-SAM's data/ folder)")
+    parser.add_argument("--prompts", required=True,
+                        help="frozen prompts JSON; created (atomically) if it does not exist")
+    parser.add_argument("--out", required=True, help="output folder for results.{json,md}")
+    parser.add_argument("--kinds", nargs="+", default=None,
+                        help="prompt settings: box noisy_box points1 points3 points5 points10 "
+                             "coarse_mask nbox_LOW-HIGH (default: HQSeg: box noisy_box points1/3/"
+                             "5/10; COCO: nbox_0.5-0.6 nbox_0.6-0.7 noisy_box points1)")
+    parser.add_argument("--prompts-per-image", type=int, default=20,
+                        help="prompts per target and kind when freezing (default 20)")
+    parser.add_argument("--seed", type=int, default=0, help="prompt seed when freezing")
+    parser.add_argument("--model-name", default=None,
+                        help="row label (default: 'SAM vit_b' or 'Stable-SAM vit_b')")
+    parser.add_argument("--batch-size", type=int, default=20,
+                        help="prompts per decoder call (lower it for very large images)")
+    parser.add_argument("--min-area", type=float, default=0.0,
+                        help="COCO: skip annotations smaller than this (pixels)")
+    parser.add_argument("--coco-score", choices=("iou", "one"), default="iou",
+                        help="COCO detection score: predicted IoU (default) or 1.0")
+    parser.add_argument("--progress", action="store_true", help="show a progress bar")
+    parser.set_defaults(command="evaluate")
+    return parser
+
+
+def build_datasets(data: list, min_area: float = 0.0) -> tuple[list, str]:
+    """--data values -> (datasets, "hqseg" | "coco")."""
+    from ..data import CocoInstanceDataset, HQSegDataset, hqseg44k_datasets
+
+    form, rest = data[0], data[1:]
+    if form == "hqseg" and rest:
+        names = [os.path.basename(os.path.normpath(d)) for d in rest]
+        if len(set(names)) != len(names):
+            raise CliError(f"--data hqseg: folder names must differ (they name the rows): {names}")
+        return [HQSegDataset(d, name=n) for d, n in zip(rest, names)], "hqseg"
+    if form == "hqseg44k-val" and len(rest) == 1:
+        return hqseg44k_datasets(rest[0], "val"), "hqseg"
+    if form == "coco" and len(rest) == 2:
+        return [CocoInstanceDataset(rest[0], rest[1], min_area=min_area)], "coco"
+    raise CliError(f"--data must be one of: {' | '.join(DATA_FORMS)}; got {' '.join(data)!r}")
+
+
+def _init_distributed():
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
+
+
+def build_predictor(args):
+    from segment_anything import SamPredictor
+
+    from ..predictor import StableSamPredictor
+    from ._common import build_model
+
+    model = build_model(args)
+    return SamPredictor(model.sam) if args.no_plugins else StableSamPredictor(model)
+
+
+def frozen_prompts_for(datasets: list, args, default_kinds, rank: int,
+                       model_image_size: int) -> dict:
+    """Loads --prompts, or freezes them (rank 0 writes; every rank freezes the same prompts)."""
+    from ..evaluate import freeze_prompts, load_prompts, save_prompts
+
+    if os.path.exists(args.prompts):
+        try:
+            prompts = load_prompts(args.prompts)
+        except ValueError as exc:
+            raise CliError(str(exc)) from exc
+        missing = [d.name for d in datasets if d.name not in prompts]
+        if missing:
+            raise CliError(f"--prompts {args.prompts} has no prompts for {missing} (it holds "
+                           f"{sorted(prompts)}); pass a new file name to freeze them")
+        return prompts
+    kinds = args.kinds or default_kinds
+    frozen = [freeze_prompts(d, kinds, args.prompts_per_image, args.seed,
+                             model_image_size=model_image_size) for d in datasets]
+    if rank == 0:
+        save_prompts(args.prompts, frozen)
+        print(f"froze prompts for {[d.name for d in datasets]} into {args.prompts}",
+              file=sys.stderr)
+    return {f["dataset"]: f for f in frozen}
+
+
+def run(args) -> int:
+    from ..evaluate import COCO_KINDS, HQSEG_KINDS, evaluate_masks, write_results
+
+    if args.prompts_per_image < 1:
+        raise CliError(f"--prompts-per-image must be >= 1, is {args.prompts_per_image}")
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be >= 1, is {args.batch_size}")
+    rank = _init_distributed()
+    try:
+        datasets, form = build_datasets(args.data, args.min_area)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    default_kinds = COCO_KINDS if form == "coco" else HQSEG_KINDS
+    predictor = build_predictor(args)
+    prompts = frozen_prompts_for(datasets, args, default_kinds, rank,
+                                 predictor.model.image_encoder.img_size)
+    model_name = args.model_name or (
+        f"{'SAM' if args.no_plugins else 'Stable-SAM'} {args.model_type}")
+    try:
+        results = [evaluate_masks(predictor, d, prompts[d.name], args.kinds,
+                                  batch_size=args.batch_size, coco_score=args.coco_score,
+                                  progress=args.progress) for d in datasets]
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    if rank == 0:
+        json_path, md_path = write_results(args.out, model_name, results, extra={
+            "model_type": args.model_type, "sam_checkpoint": args.sam_checkpoint,
+            "plugin_checkpoint": None if args.no_plugins else args.plugin_checkpoint,
+            "prompts": os.path.abspath(args.prompts)})
+        print(md_path.read_text(encoding="utf-8"))
+        print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+    return 0
