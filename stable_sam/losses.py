@@ -37,7 +37,8 @@ def point_sample(masks: Tensor, coords: Tensor) -> Tensor:
     Returns:
       Tensor[N, C, P].
     """
-    if masks.dim() != 4 or coords.dim() != 3 or coords.shape[-1] != 2 or coords.shape[0] != masks.shape[0]:
+    if (masks.dim() != 4 or coords.dim() != 3 or coords.shape[-1] != 2
+            or coords.shape[0] != masks.shape[0]):
         raise ValueError(
             f"point_sample expects masks (N, C, H, W) and coords (N, P, 2), got "
             f"{tuple(masks.shape)} and {tuple(coords.shape)}"

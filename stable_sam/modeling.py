@@ -104,6 +104,12 @@ class StableSam(nn.Module):
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
+    def extra_repr(self) -> str:
+        return (
+            f"model_type={self.model_type!r}, "
+            f"trainable_parameters={self.num_trainable_parameters():,}"
+        )
+
     # -- decoding --------------------------------------------------------------------------------
     def decode(
         self,

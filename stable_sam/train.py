@@ -33,8 +33,10 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,27 +236,30 @@ def _mean_over_ranks(values: Tensor, ctx: DistContext) -> Tensor:
 # RNG states (plain lists and tensors, so checkpoints load with weights_only=True)
 
 
-def _capture_rng_state() -> Dict[str, Any]:
+def _capture_rng_state(device: Optional[torch.device] = None) -> Dict[str, Any]:
+    # Only this process's own GPU: get_rng_state_all() would open a context on every visible GPU
+    # from every rank.
     version, mt_state, gauss = random.getstate()
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    on_gpu = device is not None and device.type == "cuda"
     state = {
         "python": [version, list(mt_state), gauss],
         "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos),
                   int(np_has_gauss), float(np_gauss)],
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": [torch.cuda.get_rng_state(device)] if on_gpu else [],
     }
     return state
 
 
-def _restore_rng_state(state: Dict[str, Any]) -> None:
+def _restore_rng_state(state: Dict[str, Any], device: Optional[torch.device] = None) -> None:
     version, mt_state, gauss = state["python"]
     random.setstate((version, tuple(mt_state), gauss))
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
     np.random.set_state((np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"][0], device)
 
 
 def _seed_everything(seed: int, rank: int) -> None:
@@ -329,9 +334,10 @@ def load_train_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
             f"stable-sam training checkpoint ({type(exc).__name__}: {exc})"
         ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(
             f"{path} is not a stable-sam training checkpoint (expected format "
-            f"{CHECKPOINT_FORMAT!r}, found {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r})"
+            f"{CHECKPOINT_FORMAT!r}, found {found!r})"
         )
     if ckpt.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(
@@ -684,20 +690,52 @@ def _save_final_weights(model: nn.Module, config: TrainConfig, spec: baselines.M
     return path
 
 
+class _StopRequest:
+    """SIGTERM (a cluster's pre-emption notice, `kill`, torchrun forwarding one) asks the loop to
+    finish its step, write a checkpoint and return, so `--resume` loses nothing. Only the main
+    thread can install signal handlers; elsewhere the request simply never comes."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _ignore_sigterm(worker_id: int) -> None:
+    # A SIGTERM sent to the whole process group must reach the trainer, not kill its workers
+    # mid-batch; the trainer shuts them down itself when it stops.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def train(config: TrainConfig, *, resume: bool = False,
           ctx: Optional[DistContext] = None) -> Dict[str, Any]:
     """Runs (or resumes) training; see `_train`. Restores torch's deterministic-algorithms
-    switch afterwards, so an in-process call does not leak it."""
-    previous = torch.are_deterministic_algorithms_enabled()
+    switch, thread count and SIGTERM handler afterwards, so an in-process call leaks none."""
+    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     try:
-        return _train(config, resume=resume, ctx=ctx)
+        with _StopRequest() as stop:
+            return _train(config, resume=resume, ctx=ctx, stop=stop)
     finally:
-        torch.use_deterministic_algorithms(previous)
+        torch.use_deterministic_algorithms(deterministic)
+        torch.set_num_threads(threads)
 
 
-def _train(config: TrainConfig, *, resume: bool, ctx: Optional[DistContext]) -> Dict[str, Any]:
+def _train(config: TrainConfig, *, resume: bool, ctx: Optional[DistContext],
+           stop: _StopRequest) -> Dict[str, Any]:
     """Runs (or resumes) training; returns a dict: step, loss (last step's), model (the trained
-    StableSam), checkpoint and, on rank 0, weights (the final plugin / baseline file).
+    StableSam), checkpoint, stopped (True when SIGTERM ended the run early, after writing a
+    checkpoint) and, on rank 0 of a finished run, weights (the final plugin / baseline file).
 
     With `resume`, the run continues from `<out_dir>/checkpoint.pt`; `config` must equal the
     checkpoint's config (`saved_config(out_dir)`) except in RESUME_MAY_CHANGE fields.
@@ -731,7 +769,7 @@ def _train(config: TrainConfig, *, resume: bool, ctx: Optional[DistContext]) -> 
     trainable = baselines.freeze_all_but_trainable(model, spec.name)
     model.eval()  # SAM has no dropout/batch-norm; eval keeps any future ones frozen too
     decoder = PromptedDecoder(model, spec.uses_plugins)
-    if False:
+    if ctx.distributed:
         decoder = nn.parallel.DistributedDataParallel(
             decoder, device_ids=[device.index] if device.type == "cuda" else None,
             # dt_sam's IoU head gets no gradient from the mask loss
@@ -765,7 +803,7 @@ def _train(config: TrainConfig, *, resume: bool, ctx: Optional[DistContext]) -> 
                 f"not match step {step} with {steps_per_epoch} steps per epoch: the training data "
                 "or batch size changed since it was written"
             )
-        _restore_rng_state(ckpt["rng"][ctx.rank])
+        _restore_rng_state(ckpt["rng"][ctx.rank], device)
 
     log = tb = None
     if ctx.is_main:
@@ -778,7 +816,7 @@ def _train(config: TrainConfig, *, resume: bool, ctx: Optional[DistContext]) -> 
                disable=not (ctx.is_main and sys.stderr.isatty()))
 
     def save_checkpoint() -> None:
-        rng = _capture_rng_state()
+        rng = _capture_rng_state(device)
         if ctx.distributed:
             gathered: List[Any] = [None] * ctx.world_size
             dist.all_gather_object(gathered, rng)
@@ -801,7 +839,8 @@ def _train(config: TrainConfig, *, resume: bool, ctx: Optional[DistContext]) -> 
 
     started = time.perf_counter()
     last_loss = float("nan")
-    while step < total_steps:
+    stopped = False
+    while step < total_steps and not stopped:
         epoch, start_batch = divmod(step, steps_per_epoch)
         batches = _batches_for_epoch(len(samples), epoch, start_batch, steps_per_epoch, config, ctx)
         batches = batches[: total_steps - step]
@@ -810,7 +849,7 @@ def _train(config: TrainConfig, *, resume: bool, ctx: Optional[DistContext]) -> 
         loader_rng = torch.Generator().manual_seed(config.seed * 100003 + epoch)
         loader = DataLoader(samples, batch_sampler=batches, num_workers=config.num_workers,
                             collate_fn=_collate, pin_memory=device.type == "cuda",
-                            generator=loader_rng)
+                            generator=loader_rng, worker_init_fn=_ignore_sigterm)
         for batch in loader:
             t0 = time.perf_counter()
             lr = get_lr(config, step, steps_per_epoch)
@@ -832,7 +871,10 @@ def _train(config: TrainConfig, *, resume: bool, ctx: Optional[DistContext]) -> 
             loss = bce + dice
             # Averaged over ranks before the update: every rank sees the same value, so a
             # non-finite loss stops all of them before it reaches the weights or a checkpoint.
-            losses = _mean_over_ranks(torch.stack([loss, bce, dice]).detach(), ctx).tolist()
+            # The stop request rides along, so every rank stops after the same step.
+            flags = torch.stack([loss.detach(), bce.detach(), dice.detach(),
+                                 loss.new_tensor(float(stop.requested))])
+            *losses, stop_votes = _mean_over_ranks(flags, ctx).tolist()
             if not math.isfinite(losses[0]):
                 raise FloatingPointError(
                     f"loss is {losses[0]} at step {step + 1}; stopping (the last checkpoint is "
@@ -867,13 +909,20 @@ def _train(config: TrainConfig, *, resume: bool, ctx: Optional[DistContext]) -> 
                     print(f"step {step}/{total_steps} | loss {losses[0]:.4f} "
                           f"(bce {losses[1]:.4f}, dice {losses[2]:.4f}) | lr {lr:.2g} | "
                           f"{(now - t0) * 1000:.0f} ms/step", flush=True)
-            if step % config.ckpt_every == 0 or step == total_steps:
+            stopped = stop_votes > 0
+            if step % config.ckpt_every == 0 or step == total_steps or stopped:
                 save_checkpoint()
+            if stopped:
+                break
     bar.close()
     result: Dict[str, Any] = {"step": step, "loss": last_loss, "model": model,
-                              "checkpoint": str(out_dir / CHECKPOINT_NAME)}
+                              "checkpoint": str(out_dir / CHECKPOINT_NAME), "stopped": stopped}
     if ctx.is_main:
-        result["weights"] = str(_save_final_weights(model, config, spec, out_dir))
+        if stopped:
+            print(f"stopped by SIGTERM after step {step}; {out_dir / CHECKPOINT_NAME} is up to "
+                  "date, continue with --resume", file=sys.stderr, flush=True)
+        else:
+            result["weights"] = str(_save_final_weights(model, config, spec, out_dir))
         log.close()
         if tb is not None:
             tb.close()

@@ -33,7 +33,7 @@ using math::SamplePoint;
 constexpr int64_t kChannelBlock = 32;
 // Independent partial sums in the channel reductions: lets the compiler keep them in vector
 // registers while the summation order stays the one written here.
-constexpr int kLanes = 16;
+constexpr int kLanes = 8;
 // Queries per task of the backward's reduction pass (fixes the order of the alpha sums).
 constexpr int64_t kQueryBlock = 256;
 
@@ -475,11 +475,12 @@ deformable_sample_backward_kernel(
   const auto acc_dtype = at::toOpMathType(value.scalar_type());
   // Scattered sums accumulate in opmath precision: several queries add into one value pixel.
   at::Tensor grad_value_acc = at::zeros(value.sizes(), value.options().dtype(acc_dtype));
-  at::Tensor grad_offset = at::zeros(offset.sizes(), offset.options());
-  const auto empty = [&] { return at::empty({0}, value.options()); };
-  at::Tensor grad_amplitude = amplitude ? at::zeros(amplitude->sizes(), value.options()) : empty();
-  at::Tensor grad_residual = residual ? at::zeros(value.sizes(), value.options()) : empty();
-  at::Tensor grad_alpha = alpha ? at::zeros(alpha->sizes(), value.options()) : empty();
+  // The kernel writes every element of these (no zeroing needed).
+  at::Tensor grad_offset = at::empty(offset.sizes(), offset.options());
+  const auto none = [&] { return at::empty({0}, value.options()); };
+  at::Tensor grad_amplitude = amplitude ? at::empty(amplitude->sizes(), value.options()) : none();
+  at::Tensor grad_residual = residual ? at::empty(value.sizes(), value.options()) : none();
+  at::Tensor grad_alpha = alpha ? at::empty(alpha->sizes(), value.options()) : none();
   if (value.numel() > 0) {
     const Dims d = dims_of(value, offset);
     const at::Tensor offset_tanh = offset_tanh_of(offset);

@@ -171,18 +171,18 @@ __device__ __forceinline__ T segment_sum(T v, int lanes) {
 // path runs only when every channel run starts on a pack boundary of a fresh buffer.
 template <int VEC, typename acc_t>
 __device__ __forceinline__ void scatter_corner(acc_t* dst, acc_t coef, const acc_t (&g)[VEC]) {
+  if constexpr (SSO_FLOAT4_ATOMICS && std::is_same_v<acc_t, float> && VEC % 4 == 0) {
 #if SSO_FLOAT4_ATOMICS
-  if constexpr (std::is_same_v<acc_t, float> && VEC % 4 == 0) {
 #pragma unroll
     for (int e = 0; e < VEC; e += 4) {
       atomicAdd(reinterpret_cast<float4*>(dst + e),
                 make_float4(coef * g[e], coef * g[e + 1], coef * g[e + 2], coef * g[e + 3]));
     }
-    return;
-  }
 #endif
+  } else {
 #pragma unroll
-  for (int e = 0; e < VEC; ++e) atomicAdd(dst + e, coef * g[e]);
+    for (int e = 0; e < VEC; ++e) atomicAdd(dst + e, coef * g[e]);
+  }
 }
 
 template <typename scalar_t, int VEC, typename index_t>

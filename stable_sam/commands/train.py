@@ -95,7 +95,8 @@ def _json_layer(text: str) -> dict:
     except json.JSONDecodeError as exc:
         raise CliError(f"--config is not valid JSON: {exc}") from exc
     if not isinstance(layer, dict):
-        raise CliError(f"--config must be a JSON object of TrainConfig fields, got {type(layer).__name__}")
+        raise CliError(
+            f"--config must be a JSON object of TrainConfig fields, got {type(layer).__name__}")
     return layer
 
 
@@ -161,6 +162,8 @@ def run(args) -> int:
         result = train(config, resume=args.resume)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:  # bad data, config or files
         raise CliError(str(exc)) from exc
+    if result["stopped"]:
+        return 128 + 15  # the shell's code for "terminated by SIGTERM": the run is not finished
     if "weights" in result:
         print(f"step {result['step']}: loss {result['loss']:.4f}; wrote {result['checkpoint']} "
               f"and {result['weights']}")

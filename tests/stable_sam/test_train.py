@@ -215,3 +215,21 @@ def test_a_non_finite_loss_stops_before_the_update(shapes, tmp_path, monkeypatch
     ckpt = load_train_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert ckpt["step"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["trainable"].values())
+
+
+def test_tensorboard_gets_loss_and_lr_when_available(shapes, tmp_path, monkeypatch):
+    import stable_sam.train as train_module
+
+    scalars = []
+
+    class RecordingWriter:  # stands in for torch.utils.tensorboard.SummaryWriter
+        def add_scalar(self, tag, value, step):
+            scalars.append((tag, step))
+
+        def close(self):
+            scalars.append(("closed", None))
+
+    monkeypatch.setattr(train_module, "_tensorboard_writer", lambda out_dir: RecordingWriter())
+    train(_config(shapes, tmp_path, steps=2))
+    assert scalars == [("train/loss", 1), ("train/lr", 1), ("train/loss", 2), ("train/lr", 2),
+                       ("closed", None)]

@@ -105,7 +105,8 @@ def test_killed_run_resumes_bit_identical(tmp_path):
     assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
     assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
     assert a["rng"][0]["python"] == b["rng"][0]["python"]
-    plugins_a, plugins_b = load_file(killed / "plugins.safetensors"), load_file(fresh / "plugins.safetensors")
+    plugins_a = load_file(killed / "plugins.safetensors")
+    plugins_b = load_file(fresh / "plugins.safetensors")
     assert all(torch.equal(plugins_a[k], plugins_b[k]) for k in plugins_b)
     # the log has each step once (lines the killed run wrote past its checkpoint were redone),
     # with the uninterrupted run's losses and learning rates
@@ -128,3 +129,34 @@ def test_resume_refuses_a_changed_config(tmp_path, capsys):
     assert "cannot resume: the config differs" in err and "method: 'stable_sam' -> 'dt_sam'" in err
     assert main(resume) == 0  # run length may change
     assert load_train_checkpoint(out / CHECKPOINT_NAME)["step"] == 2
+
+
+def test_sigterm_checkpoints_the_current_step_and_resumes_exactly(tmp_path, monkeypatch):
+    import stable_sam.train as train_module
+    from stable_sam.cli import main
+
+    data = make_synthetic_dataset(tmp_path / "data", num_images=8, image_size=(96, 128), seed=5)
+    stopped, fresh = tmp_path / "stopped", tmp_path / "fresh"
+    real_loss = train_module.mask_loss
+    calls = []
+
+    def loss_with_a_sigterm_in_step_4(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # as if the cluster pre-empted the job mid-step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "mask_loss", loss_with_a_sigterm_in_step_4)
+    previous_handler = signal.getsignal(signal.SIGTERM)
+    assert main(_command(data, stopped, 1000, 0)[3:]) == 143
+    assert signal.getsignal(signal.SIGTERM) is previous_handler  # the trainer's handler is gone
+    assert load_train_checkpoint(stopped / CHECKPOINT_NAME)["step"] == 4  # not a ckpt_every step
+    assert not (stopped / "plugins.safetensors").exists()  # no "final" weights from a stopped run
+    monkeypatch.setattr(train_module, "mask_loss", real_loss)
+
+    assert main(_command(data, stopped, 6, 0, resume=True)[3:]) == 0
+    assert main(_command(data, fresh, 6, 0)[3:]) == 0
+    a = load_train_checkpoint(stopped / CHECKPOINT_NAME)["trainable"]
+    b = load_train_checkpoint(fresh / CHECKPOINT_NAME)["trainable"]
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    assert [int(r["step"]) for r in _log_rows(stopped)] == [1, 2, 3, 4, 5, 6]

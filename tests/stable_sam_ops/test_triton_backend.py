@@ -235,3 +235,44 @@ def test_interpreter_traces_with_dynamo_and_refuses_aot_tracing():
     torch.testing.assert_close(traced(**inputs), fn(**inputs))
     with pytest.raises(RuntimeError, match="cannot be traced"):
         torch.compile(fn, backend="aot_eager", fullgraph=True)(**inputs)
+
+
+_COMPILE_FOR_SM90 = r"""
+import itertools, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from stable_sam_ops._triton import kernels
+
+assert not os.environ.get("TRITON_INTERPRET")
+SIZES = ("n_qg", "H", "W", "C", "G", "Cg")
+ACC_PTRS = ("grad_value_acc_ptr", "alpha_partials_ptr", "offset_scale_ptr")
+for fn, (dtype, acc), has in itertools.product(
+    (kernels.deformable_sample_forward_kernel, kernels.deformable_sample_backward_kernel),
+    (("fp32", "fp32"), ("bf16", "fp32"), ("fp16", "fp32"), ("fp64", "fp64")),
+    (True, False),
+):
+    signature = {
+        a: ("*" + (acc if a in ACC_PTRS else dtype)) if a.endswith("_ptr")
+        else "i32" if a in SIZES else "constexpr"
+        for a in fn.arg_names
+    }
+    constexprs = {"HAS_AMPLITUDE": has, "HAS_RESIDUAL": has, "HAS_ALPHA": has,
+                  "IS_FP64": dtype == "fp64", "BLOCK_Q": 32, "BLOCK_C": 32}
+    compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                              target=GPUTarget("cuda", 90, 32))
+    assert compiled.asm.get("cubin"), (fn, dtype, has)
+print("compiled")
+"""
+
+
+@pytest.mark.skipif(ON_GPU, reason="on a GPU the other tests compile and run the kernels")
+def test_kernels_compile_for_sm90_without_a_gpu():
+    # The interpreter skips Triton's compiler; compiling ahead of time for an H100 target
+    # (ptxas included) catches what only the compiled path would reject.
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", "import os\n" + _COMPILE_FOR_SM90],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]

@@ -1,0 +1,146 @@
+"""The fused deformable-sampling op on CPU against the stock-PyTorch composition it replaces.
+
+Providers, timed in the same run on the same inputs:
+  eager     stable_sam_ops.reference.deformable_sample_reference (grid_sample composition)
+  compiled  torch.compile of that composition (inductor)
+  cpu       the fused C++ kernel (backend="cpu")
+plus a copy (dst.copy_(src) of op_bytes / 2 bytes, all threads) as the machine's bandwidth
+yardstick: achieved GB/s = op_bytes / time, and its share of the copy's GB/s.
+
+    python benchmarks/bench_deformable_sample.py                  # full table, writes RESULTS.md
+    python benchmarks/bench_deformable_sample.py --batches 1 8 --groups 8 --repeats 5 --no-write
+
+Large allocations page-fault on every call unless PyTorch backs them with huge pages; set
+THP_MEM_ALLOC_ENABLE=1 (read by PyTorch at start-up) to measure with them. The setting is
+printed with the results.
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import (  # noqa: E402
+    machine_description,
+    make_inputs,
+    markdown_table,
+    median_time_ms,
+    op_bytes,
+    write_results_section,
+)
+
+import stable_sam_ops  # noqa: E402
+from stable_sam_ops.reference import deformable_sample_reference  # noqa: E402
+
+TENSORS = ("value", "offset", "amplitude", "residual", "alpha")
+
+
+def fused_cpu(value, offset, amplitude, residual, alpha, offset_scale):
+    return stable_sam_ops.deformable_sample(
+        value, offset, amplitude, residual, alpha, offset_scale, backend="cpu"
+    )
+
+
+def make_step(fn, inputs, backward):
+    """A no-argument callable running one forward (and backward, without accumulating .grad)."""
+    tensors = [inputs[n] for n in TENSORS]
+    scale = inputs["offset_scale"]
+    if not backward:
+        def step():
+            with torch.no_grad():
+                return fn(*tensors, scale)
+        return step
+    grad_out = torch.randn_like(inputs["value"])
+
+    def step():
+        out = fn(*tensors, scale)
+        return torch.autograd.grad(out, tensors, grad_out)
+
+    return step
+
+
+def copy_gbps(nbytes, dtype, warmup, repeats):
+    src = torch.randn(max(1, nbytes // torch.empty((), dtype=dtype).element_size()), dtype=dtype)
+    dst = torch.empty_like(src)
+    ms = median_time_ms(lambda: dst.copy_(src), warmup=warmup, repeats=repeats)
+    return 2 * src.nbytes / ms / 1e6
+
+
+def run(args):
+    compiled_ref = torch.compile(deformable_sample_reference, dynamic=False)
+    providers = {"eager": deformable_sample_reference, "compiled": compiled_ref, "cpu": fused_cpu}
+    if args.no_compile:
+        del providers["compiled"]
+    H = W = args.size
+    C, dtype = args.channels, torch.float32
+    rows = []
+    for B in args.batches:
+        bytes_ = op_bytes(B, H, W, C, max(args.groups), dtype)
+        copy = copy_gbps(bytes_ // 2, dtype, args.warmup, args.repeats)
+        for G in args.groups:
+            for backward in (False, True):
+                inputs = make_inputs(B, H, W, C, G, dtype, requires_grad=backward)
+                ms = {}
+                for name, fn in providers.items():
+                    ms[name] = median_time_ms(
+                        make_step(fn, inputs, backward), warmup=args.warmup,
+                        repeats=max(3, args.repeats // 2) if backward else args.repeats,
+                    )
+                gbps = op_bytes(B, H, W, C, G, dtype) / ms["cpu"] / 1e6
+                row = [B, G, "fwd+bwd" if backward else "fwd"]
+                row += [ms[name] for name in providers]
+                row += [f"{ms['eager'] / ms['cpu']:.1f}x"]
+                if "compiled" in ms:
+                    row += [f"{ms['compiled'] / ms['cpu']:.1f}x"]
+                row += ["" if backward else f"{gbps:.1f}",
+                        "" if backward else f"{100 * gbps / copy:.0f}%", f"{copy:.1f}"]
+                rows.append(row)
+                print(markdown_table(header(providers), [row]).splitlines()[-1], flush=True)
+    return providers, rows
+
+
+def header(providers):
+    cols = ["B", "G", "pass"] + [f"{name} ms" for name in providers] + ["cpu vs eager"]
+    if "compiled" in providers:
+        cols.append("cpu vs compiled")
+    return cols + ["cpu GB/s", "% of copy", "copy GB/s"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--groups", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--size", type=int, default=64, help="H = W")
+    parser.add_argument("--channels", type=int, default=256)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
+    args = parser.parse_args(argv)
+    if "cpu" not in stable_sam_ops.available_backends():
+        sys.exit("the cpu backend is not built: pip install --no-build-isolation -e .")
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "0")
+    providers, rows = run(args)
+    table = markdown_table(header(providers), rows)
+    body = "\n\n".join([
+        f"Machine: {machine_description()}. THP_MEM_ALLOC_ENABLE={thp}. "
+        f"Load average at start: {load:.1f}.",
+        f"`deformable_sample` with C={args.channels}, {args.size}x{args.size}, fp32, offset_scale 4, "
+        "all optional inputs; median of repeated runs after warm-up "
+        "(`python benchmarks/bench_deformable_sample.py`). eager = the grid_sample composition "
+        "(`deformable_sample_reference`), compiled = torch.compile of it, cpu = the fused kernel. "
+        "GB/s counts the bytes the forward must move (`benchmarks/common.op_bytes`); "
+        "copy = `dst.copy_(src)` of the same number of bytes.",
+        table,
+    ])
+    print(f"\n{body}")
+    if not args.no_write:
+        write_results_section("Fused op on CPU", body)
+
+
+if __name__ == "__main__":
+    main()
