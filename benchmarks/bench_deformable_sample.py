@@ -139,7 +139,8 @@ def main(argv=None):
     ])
     print(f"\n{body}")
     if not args.no_write:
-        write_results_section("Fused op on CPU", body)
+        title = "Fused op on CPU" + (" (THP_MEM_ALLOC_ENABLE=1)" if thp == "1" else "")
+        write_results_section(title, body)
 
 
 if __name__ == "__main__":

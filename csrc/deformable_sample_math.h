@@ -111,23 +111,25 @@ SSO_HOST_DEVICE CornerWeights<acc_t> corner_weights(const SamplePoint<acc_t>& p)
 }
 
 // S = sum of weight * corner value. Corner values of out-of-range corners must be 0.
-template <typename acc_t>
-SSO_HOST_DEVICE acc_t interpolate(const CornerWeights<acc_t>& w, acc_t v00, acc_t v01,
-                                  acc_t v10, acc_t v11) {
+// val_t is acc_t, or a SIMD vector of acc_t lanes (the CPU kernel's GCC vector types), so that
+// vector code runs this same arithmetic.
+template <typename acc_t, typename val_t>
+SSO_HOST_DEVICE val_t interpolate(const CornerWeights<acc_t>& w, val_t v00, val_t v01,
+                                  val_t v10, val_t v11) {
   return w.w00 * v00 + w.w01 * v01 + w.w10 * v10 + w.w11 * v11;
 }
 
 // dS/dx and dS/dy with the derivative that floor() gives at integer coordinates (as
 // grid_sample's). Corner values of out-of-range corners must be 0.
-template <typename acc_t>
-SSO_HOST_DEVICE acc_t interpolate_dx(const SamplePoint<acc_t>& p, acc_t v00, acc_t v01,
-                                     acc_t v10, acc_t v11) {
+template <typename acc_t, typename val_t>
+SSO_HOST_DEVICE val_t interpolate_dx(const SamplePoint<acc_t>& p, val_t v00, val_t v01,
+                                     val_t v10, val_t v11) {
   return (acc_t(1) - p.wy) * (v01 - v00) + p.wy * (v11 - v10);
 }
 
-template <typename acc_t>
-SSO_HOST_DEVICE acc_t interpolate_dy(const SamplePoint<acc_t>& p, acc_t v00, acc_t v01,
-                                     acc_t v10, acc_t v11) {
+template <typename acc_t, typename val_t>
+SSO_HOST_DEVICE val_t interpolate_dy(const SamplePoint<acc_t>& p, val_t v00, val_t v01,
+                                     val_t v10, val_t v11) {
   return (acc_t(1) - p.wx) * (v10 - v00) + p.wx * (v11 - v01);
 }
 

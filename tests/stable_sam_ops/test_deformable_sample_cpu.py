@@ -81,7 +81,10 @@ def test_reduced_precision_within_twice_pytorch_error(shape, dtype):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("optional", OPTIONAL_SETS, ids=optional_id)
 @pytest.mark.parametrize(
-    "shape", [(2, 5, 6, 8, 2), (1, 1, 7, 3, 3), (2, 6, 4, 70, 1)], ids=shape_id
+    "shape",
+    # the last one: 300 channels in one group = several channel blocks of the backward's tasks
+    [(2, 5, 6, 8, 2), (1, 1, 7, 3, 3), (2, 6, 4, 70, 1), (2, 3, 5, 300, 1)],
+    ids=shape_id,
 )
 def test_backward_matches_reference_autograd(shape, optional, dtype):
     case = make_case(*shape, dtype=dtype, optional=optional, offset_std=1.5, requires_grad=True)
@@ -97,6 +100,29 @@ def test_backward_matches_reference_autograd(shape, optional, dtype):
     for name, got, want in zip(names, grads, expected):
         assert got.dtype == dtype, name
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=atol, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_reduced_precision_backward_within_twice_pytorch_error(dtype):
+    # Same rule as the forward: each gradient's error against float64 is at most twice that
+    # of PyTorch's composition in the same dtype, plus one rounding of the gradient.
+    case = make_case(2, 5, 6, 16, 2, dtype=dtype, requires_grad=True)
+    grad_out = torch.randn(2, 5, 6, 16, dtype=torch.float64)
+    names, tensors = present(case)
+    ours = torch.autograd.grad(run_cpu(case, 3.0), tensors, grad_out.to(dtype))
+    theirs = torch.autograd.grad(
+        deformable_sample_reference(**case, offset_scale=3.0), tensors, grad_out.to(dtype)
+    )
+    exact_case = {k: t.detach().double().requires_grad_() for k, t in case.items()}
+    exact = torch.autograd.grad(
+        deformable_sample_reference(**exact_case, offset_scale=3.0), present(exact_case)[1],
+        grad_out,
+    )
+    for name, o, t, e in zip(names, ours, theirs, exact):
+        err_ours = (o.double() - e).abs().max().item()
+        err_theirs = (t.double() - e).abs().max().item()
+        one_rounding = torch.finfo(dtype).eps * e.abs().max().item()
+        assert err_ours <= 2 * err_theirs + one_rounding, (name, err_ours, err_theirs)
 
 
 def test_backward_empty_batch():
@@ -214,8 +240,10 @@ def cpu_grads(case, offset_scale, grad_out):
     return torch.autograd.grad(out, list(leaves.values()), grad_out)
 
 
-@pytest.mark.parametrize("shape", [(2, 16, 16, 64, 1), (2, 12, 10, 96, 3), (1, 9, 7, 12, 12)],
-                         ids=shape_id)
+@pytest.mark.parametrize(
+    "shape", [(2, 16, 16, 64, 1), (2, 12, 10, 96, 3), (1, 9, 7, 12, 12), (3, 8, 8, 520, 2)],
+    ids=shape_id,
+)
 def test_backward_is_bit_identical_across_runs_and_thread_counts(shape):
     # Large offsets make many queries scatter into the same value pixels.
     case = make_case(*shape, dtype=torch.float32, offset_std=2.0)
