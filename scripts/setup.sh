@@ -32,4 +32,4 @@ export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 start=$(date +%s)
 pip_install --no-build-isolation -e ".[test,triton]"
 echo "setup.sh: environment ready in $VENV (extension build/install took $(( $(date +%s) - start )) s)"
-"$VENV/bin/python" -c "import stable_sam_ops as s; print('stable_sam_ops backends:', s.available_backends())"
+"$VENV/bin/python" -c "import stable_sam_ops as s; print('stable_sam_ops backends available here:', s.available_backends(), '| CUDA kernels compiled:', s._extension.compiled_with_cuda())"

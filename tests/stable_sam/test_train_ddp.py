@@ -91,8 +91,11 @@ def test_two_process_gloo_ddp_matches_single_process(tmp_path, method):
     train(_config(data, tmp_path / "single", method=method, batch_size=4))
     ddp_rows, single_rows = _log(tmp_path / "ddp"), _log(tmp_path / "single")
     assert [r["prompt_kinds"] for r in ddp_rows] == [r["prompt_kinds"] for r in single_rows]
+    # Summation order differs between one batch of 4 and two of 2 (and with the build's FMA
+    # contraction), so after two updates the float32 losses agree to a few ulps, not bits; a
+    # missing gradient all-reduce changes them in the third or fourth digit.
     for a, b in zip(ddp_rows, single_rows):
-        assert float(a["loss"]) == pytest.approx(float(b["loss"]), abs=2e-6)
+        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-5, abs=1e-6)
 
     # A DDP checkpoint cannot be resumed by a different number of processes.
     with pytest.raises(CheckpointError, match="written by 2 process"):
