@@ -11,6 +11,7 @@
 // every sum is taken in an order fixed by the code, never by the scheduling.
 #include "deformable_sample.h"
 #include "deformable_sample_math.h"
+#include "huge_pages.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -476,6 +477,7 @@ at::Tensor deformable_sample_forward_kernel(
   const auto residual = contiguous(residual_);
   const auto alpha = contiguous(alpha_);
   at::Tensor out = at::empty(value.sizes(), value.options());
+  cpu::advise_huge_pages(out);
   if (out.numel() == 0) {
     return out;
   }
@@ -516,12 +518,15 @@ deformable_sample_backward_kernel(
 
   const auto acc_dtype = at::toOpMathType(value.scalar_type());
   // Scattered sums accumulate in opmath precision: several queries add into one value pixel.
-  at::Tensor grad_value_acc = at::zeros(value.sizes(), value.options().dtype(acc_dtype));
+  at::Tensor grad_value_acc = at::empty(value.sizes(), value.options().dtype(acc_dtype));
+  cpu::advise_huge_pages(grad_value_acc);
+  grad_value_acc.zero_();
   // The kernel writes every element of these (no zeroing needed).
   at::Tensor grad_offset = at::empty(offset.sizes(), offset.options());
   const auto none = [&] { return at::empty({0}, value.options()); };
   at::Tensor grad_amplitude = amplitude ? at::empty(amplitude->sizes(), value.options()) : none();
   at::Tensor grad_residual = residual ? at::empty(value.sizes(), value.options()) : none();
+  cpu::advise_huge_pages(grad_residual);
   at::Tensor grad_alpha = alpha ? at::empty(alpha->sizes(), value.options()) : none();
   if (value.numel() > 0) {
     const Dims d = dims_of(value, offset);
