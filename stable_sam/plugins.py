@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from stable_sam_ops import deformable_sample
 
+from ._config_fields import check_known_fields
 from .drp import DynamicRoutingPlugin
 from .dsp import DeformableSamplingPlugin
 
@@ -65,12 +66,7 @@ class PluginConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "PluginConfig":
-        if not isinstance(d, dict):
-            raise TypeError(f"PluginConfig.from_dict expects a dict, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"PluginConfig: unknown fields {unknown}; known are {sorted(known)}")
+        check_known_fields(cls, d, "PluginConfig.from_dict")
         values = {}
         for name, value in d.items():
             expected = type(getattr(cls, name))  # the type of the field's default

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from . import baselines
+from ._config_fields import check_known_fields
 from .losses import mask_loss
 
 __all__ = [
@@ -145,12 +146,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
-        if not isinstance(d, dict):
-            raise TypeError(f"TrainConfig.from_dict expects a dict, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown fields {unknown}; known are {sorted(known)}")
+        check_known_fields(cls, d, "TrainConfig.from_dict")
         return cls(**d)
 
     def replace(self, **changes: Any) -> "TrainConfig":
@@ -383,10 +379,7 @@ def _rts_config(config: TrainConfig, spec: baselines.MethodSpec, image_size: int
     if not spec.robust_prompts:
         fields.update(_GT_BOX_ONLY)
     fields["model_image_size"] = image_size  # coarse-mask logits must match this model's input
-    known = {f.name for f in dataclasses.fields(RTSConfig)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ValueError(f"rts: unknown RTSConfig fields {unknown}; known are {sorted(known)}")
+    check_known_fields(RTSConfig, fields, "rts (RTSConfig)")
     if "noisy_box_iou_range" in fields:
         fields["noisy_box_iou_range"] = tuple(fields["noisy_box_iou_range"])
     return RTSConfig(**fields)
