@@ -30,7 +30,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import (
     machine_description,
     markdown_table,
-    median_time_ms,
     write_results_section,
 )  # noqa: E402
 

@@ -1,10 +1,9 @@
 """Checkpoints: SAM's official .pth (loaded safely and strictly into `model.sam`) and the plugin
 weights, saved on their own as safetensors with metadata."""
 
-import json
 import os
 import tempfile
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping
 
 import torch
 from torch import Tensor, nn

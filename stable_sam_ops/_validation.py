@@ -3,7 +3,6 @@ for callers of torch.ops directly)."""
 import math
 from typing import Optional
 
-import torch
 from torch import Tensor
 
 
