@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 from .build import build_stable_sam, stable_sam_model_registry
 from .checkpoint import CheckpointError, load_plugins, read_plugin_metadata, save_plugins
 from .modeling import StableSam
-from .plugins import PluginConfig, StableSamPlugins
+from .modeling.plugins import PluginConfig, StableSamPlugins
 from .automatic_mask_generator import StableSamAutomaticMaskGenerator
 from .predictor import StableSamPredictor
 

@@ -16,7 +16,7 @@ from segment_anything.modeling import (
 
 from .checkpoint import load_plugins, load_sam_checkpoint, read_plugin_metadata
 from .modeling import StableSam
-from .plugins import PluginConfig
+from .modeling.plugins import PluginConfig
 
 TINY_SEED = 0  # the tiny SAM is random but the same on every build
 

@@ -8,7 +8,7 @@ from typing import Any, Dict, Mapping
 import torch
 from torch import Tensor, nn
 
-from .plugins import PluginConfig
+from .modeling.plugins import PluginConfig
 
 PLUGIN_FORMAT = "stable-sam-plugins"
 PLUGIN_FORMAT_VERSION = "1"

@@ -94,7 +94,7 @@ def build_predictor(args):
 def frozen_prompts_for(datasets: list, args, default_kinds, rank: int,
                        model_image_size: int) -> dict:
     """Loads --prompts, or freezes them (rank 0 writes; every rank freezes the same prompts)."""
-    from ..evaluate import freeze_prompts, load_prompts, save_prompts
+    from ..evaluation import freeze_prompts, load_prompts, save_prompts
 
     if os.path.exists(args.prompts):
         try:
@@ -117,7 +117,7 @@ def frozen_prompts_for(datasets: list, args, default_kinds, rank: int,
 
 
 def run(args) -> int:
-    from ..evaluate import COCO_KINDS, HQSEG_KINDS, evaluate_masks, write_results
+    from ..evaluation import COCO_KINDS, HQSEG_KINDS, evaluate_masks, write_results
 
     if args.prompts_per_image < 1:
         raise CliError(f"--prompts-per-image must be >= 1, is {args.prompts_per_image}")

@@ -113,7 +113,7 @@ def _flag_layer(args) -> dict:
 def resolve_config(args):
     """TrainConfig from defaults < --preset < --config < flags (or, with --resume, from the
     checkpoint's config < flags)."""
-    from ..train import PRESETS, CheckpointError, TrainConfig, saved_config
+    from ..training import PRESETS, CheckpointError, TrainConfig, saved_config
 
     flags = _flag_layer(args)
     try:
@@ -156,7 +156,7 @@ def run(args) -> int:
                        ("--plugin-checkpoint", config.plugin_checkpoint)):
         if path is not None and not os.path.isfile(path):
             raise CliError(f"{flag} {path!r}: no such file")
-    from ..train import CheckpointError, train
+    from ..training import CheckpointError, train
 
     try:
         result = train(config, resume=args.resume)

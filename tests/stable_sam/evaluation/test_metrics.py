@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from stable_sam.metrics import (
+from stable_sam.evaluation.metrics import (
     boundary_dilation,
     boundary_iou,
     mask_boundary,

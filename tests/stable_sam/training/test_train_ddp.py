@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from stable_sam.data.synthetic import make_synthetic_dataset
-from stable_sam.train import (
+from stable_sam.training.trainer import (
     CHECKPOINT_NAME,
     CheckpointError,
     LOG_NAME,
@@ -27,8 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER = textwrap.dedent("""
     import json, os, sys
     import torch
-    from stable_sam import baselines
-    from stable_sam.train import TrainConfig, train
+    from stable_sam.training import baselines
+    from stable_sam.training.trainer import TrainConfig, train
 
     config = TrainConfig.from_dict(json.loads(sys.argv[1]))
     result = train(config)

@@ -16,7 +16,7 @@ class StableSam(nn.Module):
     `self.sam` keeps SAM's modules and state-dict keys (an official checkpoint loads strictly into
     it); it is frozen (no parameter requires grad) and stays in eval mode when the model is
     `.train()`-ed. `self.plugins` holds the only trainable parameters. The mask decoder runs
-    through `stable_sam.decoder`, which calls SAM's own submodules and swaps the keys/values of
+    through `stable_sam.modeling.decoder`, which calls SAM's own submodules and swaps the keys/values of
     `transformer.layers[1]`'s token-to-image attention for the plugins' output.
 
     Arguments:

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from stable_sam.losses import (
+from stable_sam.training.losses import (
     dice_loss,
     full_mask_loss,
     mask_loss,

@@ -1,9 +1,9 @@
-"""stable_sam.decoder: SAM's decoder re-expressed over its own submodules."""
+"""stable_sam.modeling.decoder: SAM's decoder re-expressed over its own submodules."""
 
 import pytest
 import torch
 
-from stable_sam import decoder
+from stable_sam.modeling import decoder
 from model_helpers import embedding, prompts, tiny_model
 
 

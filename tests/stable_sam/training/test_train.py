@@ -6,11 +6,11 @@ import csv
 import pytest
 import torch
 
-from stable_sam import baselines
+from stable_sam.training import baselines
 from stable_sam.build import build_stable_sam
 from stable_sam.checkpoint import load_plugins
 from stable_sam.data.synthetic import make_synthetic_dataset
-from stable_sam.train import (
+from stable_sam.training.trainer import (
     CHECKPOINT_NAME,
     LOG_FIELDS,
     LOG_NAME,
@@ -199,7 +199,7 @@ def test_an_empty_training_mask_names_the_image(tmp_path):
 
 
 def test_a_non_finite_loss_stops_before_the_update(shapes, tmp_path, monkeypatch):
-    import stable_sam.train as train_module
+    import stable_sam.training.trainer as train_module
 
     real_loss = train_module.mask_loss
     calls = []
@@ -218,7 +218,7 @@ def test_a_non_finite_loss_stops_before_the_update(shapes, tmp_path, monkeypatch
 
 
 def test_tensorboard_gets_loss_and_lr_when_available(shapes, tmp_path, monkeypatch):
-    import stable_sam.train as train_module
+    import stable_sam.training.trainer as train_module
 
     scalars = []
 

@@ -12,7 +12,7 @@ from pycocotools.cocoeval import COCOeval
 from segment_anything import SamPredictor
 
 from stable_sam.data import CocoInstanceDataset, HQSegDataset, Prompt, make_synthetic_dataset
-from stable_sam.evaluate import (
+from stable_sam.evaluation import (
     coco_mask_map,
     evaluate_masks,
     freeze_prompts,

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from stable_sam_ops import deformable_sample
 
-from ._config_fields import check_known_fields
+from .._config_fields import check_known_fields
 from .drp import DynamicRoutingPlugin
 from .dsp import DeformableSamplingPlugin
 

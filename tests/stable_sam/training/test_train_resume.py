@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from stable_sam.data.synthetic import make_synthetic_dataset
-from stable_sam.train import CHECKPOINT_NAME, LOG_NAME, load_train_checkpoint
+from stable_sam.training.trainer import CHECKPOINT_NAME, LOG_NAME, load_train_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CKPT_EVERY = 3
@@ -132,7 +132,7 @@ def test_resume_refuses_a_changed_config(tmp_path, capsys):
 
 
 def test_sigterm_checkpoints_the_current_step_and_resumes_exactly(tmp_path, monkeypatch):
-    import stable_sam.train as train_module
+    import stable_sam.training.trainer as train_module
     from stable_sam.cli import main
 
     data = make_synthetic_dataset(tmp_path / "data", num_images=8, image_size=(96, 128), seed=5)

@@ -5,8 +5,8 @@ import torch
 
 from stable_sam import PluginConfig, StableSam, StableSamPlugins
 from stable_sam.build import SAM_BUILDERS
-from stable_sam.drp import DynamicRoutingPlugin
-from stable_sam.dsp import DeformableSamplingPlugin
+from stable_sam.modeling.drp import DynamicRoutingPlugin
+from stable_sam.modeling.dsp import DeformableSamplingPlugin
 
 
 class TestPluginConfig:

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from stable_sam import baselines
+from stable_sam.training import baselines
 from stable_sam.build import build_stable_sam
-from stable_sam.train import (
+from stable_sam.training.trainer import (
     CHECKPOINT_NAME,
     CheckpointError,
     CsvLog,
@@ -260,7 +260,7 @@ def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
 
     import numpy as np
 
-    from stable_sam.train import _capture_rng_state, _restore_rng_state
+    from stable_sam.training.trainer import _capture_rng_state, _restore_rng_state
 
     def draws():
         return (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist())

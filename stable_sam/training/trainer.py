@@ -19,7 +19,7 @@ The tiny CPU demo (random `tiny` SAM, generated shapes, 500 steps in about a min
     stable-sam train --preset tiny --out runs/tiny
 
 Design: the image encoder and prompt encoder run under no_grad; only the chosen method's
-parameters (see `stable_sam.baselines`) get gradients. Every random draw that decides a sample
+parameters (see `stable_sam.training.baselines`) get gradients. Every random draw that decides a sample
 (jitter, occlusion, prompt) is seeded by (seed, dataset, image, epoch), so results do not depend
 on the number of data-loader workers, and the data order of an epoch is a DistributedSampler
 permutation seeded by (seed, epoch), so a resumed run replays it from the saved position.
@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from . import baselines
-from ._config_fields import check_known_fields
+from .._config_fields import check_known_fields
 from .losses import mask_loss
 
 __all__ = [
@@ -82,7 +82,7 @@ class TrainConfig:
     model_type: str = "vit_l"  # SAM backbone (vit_b | vit_l | vit_h | tiny); the paper uses ViT-L
     sam_checkpoint: Optional[str] = None  # official SAM weights; None = random init (tests only)
     plugin_checkpoint: Optional[str] = None  # warm-start the plugins from a save_plugins file
-    method: str = "stable_sam"  # see stable_sam.baselines.METHODS
+    method: str = "stable_sam"  # see stable_sam.training.baselines.METHODS
     plugin: Dict[str, Any] = field(default_factory=dict)  # PluginConfig fields over its defaults
     # --- data
     data: List[str] = field(default_factory=list)  # HQSeg-layout folders (im/ + gt/), concatenated
@@ -352,7 +352,7 @@ def load_train_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
 
 
 def _plugin_config(config: TrainConfig, spec: baselines.MethodSpec):
-    from .plugins import PluginConfig
+    from ..modeling.plugins import PluginConfig
 
     fields = dict(config.plugin)
     if not spec.use_routing:
@@ -361,7 +361,7 @@ def _plugin_config(config: TrainConfig, spec: baselines.MethodSpec):
 
 
 def build_model(config: TrainConfig) -> nn.Module:
-    from .build import build_stable_sam
+    from ..build import build_stable_sam
 
     spec = baselines.get_method(config.method)
     return build_stable_sam(
@@ -373,7 +373,7 @@ def build_model(config: TrainConfig) -> nn.Module:
 
 
 def _rts_config(config: TrainConfig, spec: baselines.MethodSpec, image_size: int):
-    from .data.prompts import RTSConfig
+    from ..data.prompts import RTSConfig
 
     fields = dict(config.rts)
     if not spec.robust_prompts:
@@ -401,12 +401,12 @@ def _data_pairs(folder: str) -> List[Tuple[Path, Path]]:
 
 
 def _load_datasets(config: TrainConfig) -> List[Any]:
-    from .data.hqseg import HQSegDataset
+    from ..data.hqseg import HQSegDataset
 
     datasets = [HQSegDataset(_data_pairs(folder), name=f"train{i}-{Path(folder).name}")
                 for i, folder in enumerate(config.data)]
     if config.hqseg44k_root is not None:
-        from .data.hqseg import hqseg44k_datasets
+        from ..data.hqseg import hqseg44k_datasets
 
         datasets += hqseg44k_datasets(config.hqseg44k_root, "train")
     if not datasets:
@@ -439,8 +439,8 @@ class TrainingSamples(torch.utils.data.Dataset):
         return d, index - int(self.offsets[d])
 
     def __getitem__(self, key: Tuple[int, int]) -> Dict[str, Any]:
-        from .data.occlusion import paste_occluder
-        from .data.prompts import prompt_rng, sample_training_prompt
+        from ..data.occlusion import paste_occluder
+        from ..data.prompts import prompt_rng, sample_training_prompt
 
         epoch, index = key
         d, local = self.locate(index)
@@ -473,7 +473,7 @@ class TrainingSamples(torch.utils.data.Dataset):
 
     def _geometry(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
         """LSJ onto the S x S canvas, or resize-longest-side + pad; never an empty target."""
-        from .data.transforms import large_scale_jitter, pad_bottom_right, resize_longest_side
+        from ..data.transforms import large_scale_jitter, pad_bottom_right, resize_longest_side
 
         size = self.image_size
         if self.config.lsj:
@@ -672,7 +672,7 @@ def _autocast(config: TrainConfig, device: torch.device):
 def _save_final_weights(model: nn.Module, config: TrainConfig, spec: baselines.MethodSpec,
                         out_dir: Path) -> Path:
     if spec.uses_plugins:  # for `stable-sam segment/evaluate --plugin-checkpoint`
-        from .checkpoint import save_plugins
+        from ..checkpoint import save_plugins
 
         path = out_dir / "plugins.safetensors"
         save_plugins(model, path)
