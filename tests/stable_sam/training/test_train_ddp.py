@@ -21,7 +21,7 @@ from stable_sam.training.trainer import (
     train,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 # Each rank trains, then saves its own copy of the trained tensors for the test to compare.
 WORKER = textwrap.dedent("""

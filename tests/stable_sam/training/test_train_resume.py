@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from stable_sam.data.synthetic import make_synthetic_dataset
 from stable_sam.training.trainer import CHECKPOINT_NAME, LOG_NAME, load_train_checkpoint
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 CKPT_EVERY = 3
 EXTRA_STEPS = 3
 
