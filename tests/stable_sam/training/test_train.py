@@ -10,18 +10,11 @@ from stable_sam.training import baselines
 from stable_sam.build import build_stable_sam
 from stable_sam.checkpoint import load_plugins
 from stable_sam.data.synthetic import make_synthetic_dataset
-from stable_sam.training.trainer import (
-    CHECKPOINT_NAME,
-    LOG_FIELDS,
-    LOG_NAME,
-    TrainConfig,
-    TrainingSamples,
-    _load_datasets,
-    _seed_everything,
-    build_model,
-    load_train_checkpoint,
-    train,
-)
+from stable_sam.training import CHECKPOINT_NAME, LOG_NAME, TrainConfig, load_train_checkpoint, train
+from stable_sam.training.log import LOG_FIELDS
+from stable_sam.training.model import build_model
+from stable_sam.training.rng import seed_everything
+from stable_sam.training.samples import TrainingSamples, load_datasets
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +42,7 @@ def _config(data, out, **kw):
 
 def _initial_model(config):
     """The model a run starts from: the trainer seeds, then builds."""
-    _seed_everything(config.seed, 0)
+    seed_everything(config.seed, 0)
     return build_model(config)
 
 
@@ -137,7 +130,7 @@ def test_loss_decreases_on_a_fixed_batch(shapes, tmp_path, method, steps, min_dr
 
 def test_samples_do_not_depend_on_workers_or_call_order(shapes):
     config = _config(shapes, "unused", lsj=True, rts={"occlusion_probability": 0.5})
-    samples = TrainingSamples(_load_datasets(config), config, image_size=256)
+    samples = TrainingSamples(load_datasets(config), config, image_size=256)
     a = [samples[(1, i)] for i in range(len(samples))]
     b = [samples[(1, i)] for i in reversed(range(len(samples)))][::-1]
     loader = torch.utils.data.DataLoader(samples, batch_size=None, num_workers=2,
@@ -153,10 +146,10 @@ def test_samples_do_not_depend_on_workers_or_call_order(shapes):
 
 def test_no_rts_prompts_are_ground_truth_boxes(shapes):
     config = _config(shapes, "unused", method="stable_sam_no_rts")
-    samples = TrainingSamples(_load_datasets(config), config, image_size=256)
+    samples = TrainingSamples(load_datasets(config), config, image_size=256)
     kinds = {samples[(e, i)]["kind"] for e in range(3) for i in range(len(samples))}
     assert kinds == {"box"}
-    robust = TrainingSamples(_load_datasets(_config(shapes, "unused")), _config(shapes, "unused"),
+    robust = TrainingSamples(load_datasets(_config(shapes, "unused")), _config(shapes, "unused"),
                              image_size=256)
     assert len({robust[(e, i)]["kind"] for e in range(3) for i in range(8)}) >= 4
 
@@ -192,16 +185,16 @@ def test_an_empty_training_mask_names_the_image(tmp_path):
     root = make_synthetic_dataset(tmp_path / "d", num_images=2, image_size=(64, 64), seed=0)
     cv2.imwrite(str(root / "gt" / "synthetic_0001.png"), np.zeros((64, 64), np.uint8))
     config = _config(str(root), tmp_path / "out", batch_size=1)
-    samples = TrainingSamples(_load_datasets(config), config, image_size=256)
+    samples = TrainingSamples(load_datasets(config), config, image_size=256)
     samples[(0, 0)]
     with pytest.raises(ValueError, match="'synthetic_0001'.*empty mask"):
         samples[(0, 1)]
 
 
 def test_a_non_finite_loss_stops_before_the_update(shapes, tmp_path, monkeypatch):
-    import stable_sam.training.trainer as train_module
+    import stable_sam.training.loop as loop_module
 
-    real_loss = train_module.mask_loss
+    real_loss = loop_module.mask_loss
     calls = []
 
     def loss_that_explodes_at_step_3(*args, **kwargs):
@@ -209,7 +202,7 @@ def test_a_non_finite_loss_stops_before_the_update(shapes, tmp_path, monkeypatch
         bce, dice = real_loss(*args, **kwargs)
         return (bce * float("nan"), dice) if len(calls) == 3 else (bce, dice)
 
-    monkeypatch.setattr(train_module, "mask_loss", loss_that_explodes_at_step_3)
+    monkeypatch.setattr(loop_module, "mask_loss", loss_that_explodes_at_step_3)
     with pytest.raises(FloatingPointError, match="loss is nan at step 3"):
         train(_config(shapes, tmp_path, steps=5, ckpt_every=2))
     ckpt = load_train_checkpoint(tmp_path / CHECKPOINT_NAME)
@@ -218,7 +211,7 @@ def test_a_non_finite_loss_stops_before_the_update(shapes, tmp_path, monkeypatch
 
 
 def test_tensorboard_gets_loss_and_lr_when_available(shapes, tmp_path, monkeypatch):
-    import stable_sam.training.trainer as train_module
+    import stable_sam.training.log as log_module
 
     scalars = []
 
@@ -229,7 +222,7 @@ def test_tensorboard_gets_loss_and_lr_when_available(shapes, tmp_path, monkeypat
         def close(self):
             scalars.append(("closed", None))
 
-    monkeypatch.setattr(train_module, "_tensorboard_writer", lambda out_dir: RecordingWriter())
+    monkeypatch.setattr(log_module, "tensorboard_writer", lambda out_dir: RecordingWriter())
     train(_config(shapes, tmp_path, steps=2))
     assert scalars == [("train/loss", 1), ("train/lr", 1), ("train/loss", 2), ("train/lr", 2),
                        ("closed", None)]

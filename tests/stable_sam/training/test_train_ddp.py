@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from stable_sam.data.synthetic import make_synthetic_dataset
-from stable_sam.training.trainer import (
+from stable_sam.training import (
     CHECKPOINT_NAME,
     CheckpointError,
     LOG_NAME,
@@ -28,7 +28,7 @@ WORKER = textwrap.dedent("""
     import json, os, sys
     import torch
     from stable_sam.training import baselines
-    from stable_sam.training.trainer import TrainConfig, train
+    from stable_sam.training import TrainConfig, train
 
     config = TrainConfig.from_dict(json.loads(sys.argv[1]))
     result = train(config)

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from stable_sam.data.synthetic import make_synthetic_dataset
-from stable_sam.training.trainer import CHECKPOINT_NAME, LOG_NAME, load_train_checkpoint
+from stable_sam.training import CHECKPOINT_NAME, LOG_NAME, load_train_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 CKPT_EVERY = 3
@@ -132,12 +132,12 @@ def test_resume_refuses_a_changed_config(tmp_path, capsys):
 
 
 def test_sigterm_checkpoints_the_current_step_and_resumes_exactly(tmp_path, monkeypatch):
-    import stable_sam.training.trainer as train_module
+    import stable_sam.training.loop as loop_module
     from stable_sam.cli import main
 
     data = make_synthetic_dataset(tmp_path / "data", num_images=8, image_size=(96, 128), seed=5)
     stopped, fresh = tmp_path / "stopped", tmp_path / "fresh"
-    real_loss = train_module.mask_loss
+    real_loss = loop_module.mask_loss
     calls = []
 
     def loss_with_a_sigterm_in_step_4(*args, **kwargs):
@@ -146,13 +146,13 @@ def test_sigterm_checkpoints_the_current_step_and_resumes_exactly(tmp_path, monk
             os.kill(os.getpid(), signal.SIGTERM)
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "mask_loss", loss_with_a_sigterm_in_step_4)
+    monkeypatch.setattr(loop_module, "mask_loss", loss_with_a_sigterm_in_step_4)
     previous_handler = signal.getsignal(signal.SIGTERM)
     assert main(_command(data, stopped, 1000, 0)[3:]) == 143
     assert signal.getsignal(signal.SIGTERM) is previous_handler  # the trainer's handler is gone
     assert load_train_checkpoint(stopped / CHECKPOINT_NAME)["step"] == 4  # not a ckpt_every step
     assert not (stopped / "plugins.safetensors").exists()  # no "final" weights from a stopped run
-    monkeypatch.setattr(train_module, "mask_loss", real_loss)
+    monkeypatch.setattr(loop_module, "mask_loss", real_loss)
 
     assert main(_command(data, stopped, 6, 0, resume=True)[3:]) == 0
     assert main(_command(data, fresh, 6, 0)[3:]) == 0
