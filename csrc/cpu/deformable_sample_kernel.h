@@ -1,0 +1,101 @@
+// CPU kernels of the fused deformable-sampling op (contract: shared/design/deformable_sample.md):
+// what the forward (deformable_sample_forward_kernel.cpp) and the backward
+// (deformable_sample_backward_kernel.cpp) share; deformable_sample_kernel.cpp registers both.
+//
+// Layout: value, residual, out and their gradients are contiguous (B, H, W, C) tensors, so the
+// C / G channels of one (query, group) are contiguous; each kernel computes the sampling point
+// once per (query, group) with the shared arithmetic of deformable_sample_math.h and then runs
+// a loop over those channels in vector code (auto-vectorised in the forward, GCC vector types
+// in the backward, whose lane sums must keep a fixed order).
+#pragma once
+
+#include "deformable_sample_math.h"
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+
+#include <cstdint>
+#include <optional>
+#include <tuple>
+
+namespace stable_sam_ops {
+namespace cpu {
+
+// The host functions registered for the CPU dispatch key.
+at::Tensor deformable_sample_forward_kernel(
+    const at::Tensor& value, const at::Tensor& offset,
+    const std::optional<at::Tensor>& amplitude, const std::optional<at::Tensor>& residual,
+    const std::optional<at::Tensor>& alpha, double offset_scale);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+deformable_sample_backward_kernel(
+    const at::Tensor& grad_out, const at::Tensor& value, const at::Tensor& offset,
+    const std::optional<at::Tensor>& amplitude, const std::optional<at::Tensor>& residual,
+    const std::optional<at::Tensor>& alpha, double offset_scale);
+
+namespace detail {
+
+using math::CornerWeights;
+using math::SamplePoint;
+
+struct Dims {
+  int64_t B, H, W, C, G, Cg;
+  int64_t queries() const { return B * H * W; }
+};
+
+inline Dims dims_of(const at::Tensor& value, const at::Tensor& offset) {
+  Dims d;
+  d.B = value.size(0);
+  d.H = value.size(1);
+  d.W = value.size(2);
+  d.C = value.size(3);
+  d.G = offset.size(3);
+  d.Cg = d.C / d.G;
+  return d;
+}
+
+template <typename acc_t, typename scalar_t>
+acc_t load_or(const scalar_t* p, int64_t i, acc_t fallback) {
+  return p != nullptr ? static_cast<acc_t>(p[i]) : fallback;
+}
+
+// Points a corner at its first channel in `base` when in range, else at a zero stand-in that is
+// never written: the corner's weight is 0 there, and no memory outside value is read.
+template <typename scalar_t>
+const scalar_t* corner_ptr(const scalar_t* base, bool in_range, int64_t b, int64_t y,
+                           int64_t x, const Dims& d, int64_t c0, const scalar_t* zeros) {
+  return in_range ? base + math::pixel_index(b, y, x, d.H, d.W, d.C) + c0 : zeros;
+}
+
+template <typename acc_t>
+CornerWeights<acc_t> scaled(CornerWeights<acc_t> w, acc_t s) {
+  w.w00 *= s;
+  w.w01 *= s;
+  w.w10 *= s;
+  w.w11 *= s;
+  return w;
+}
+
+template <typename T>
+const T* data_or_null(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->const_data_ptr<T>() : nullptr;
+}
+
+inline std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
+}
+
+// tanh of the raw offsets in opmath precision, computed by ATen's vectorised tanh in one pass
+// (a scalar libm tanh per sampling point costs as much as the sampling itself).
+inline at::Tensor offset_tanh_of(const at::Tensor& offset) {
+  return offset.to(at::toOpMathType(offset.scalar_type())).tanh().contiguous();
+}
+
+inline void check_cpu(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "deformable_sample (cpu): ", name,
+              " must be a CPU tensor, got ", t.device());
+}
+
+}  // namespace detail
+}  // namespace cpu
+}  // namespace stable_sam_ops
