@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
 
 namespace stable_sam_ops {
 
@@ -60,6 +61,13 @@ void check_deformable_sample_inputs(
   }
   TORCH_CHECK(std::isfinite(offset_scale) && offset_scale > 0,
               "deformable_sample: offset_scale must be finite and > 0, got ", offset_scale);
+  // Every backend computes in float32 unless the inputs are float64: a scale that overflows
+  // it would make offset_scale * tanh(offset) infinite (NaN where tanh is 0).
+  TORCH_CHECK(value.scalar_type() == at::kDouble ||
+                  offset_scale <= static_cast<double>(std::numeric_limits<float>::max()),
+              "deformable_sample: offset_scale (", offset_scale,
+              ") overflows float32, the dtype the op computes in for ", value.scalar_type(),
+              " inputs");
 }
 
 TORCH_LIBRARY(stable_sam_ops, m) {

@@ -1,9 +1,12 @@
-"""Input checks of the public API, shared by every backend (the C++ op repeats the shape checks
-for callers of torch.ops directly)."""
+"""Input checks of the op, shared by the public API (every backend) and the fake kernels that
+torch.compile traces with; the C++ op repeats them for callers of torch.ops on real tensors."""
 import math
 from typing import Optional
 
+import torch
 from torch import Tensor
+
+from .reference import compute_dtype
 
 
 def _check_tensor(name: str, t, value: Tensor) -> None:
@@ -29,6 +32,18 @@ def check_inputs(
     offset_scale: float,
 ) -> None:
     """Raises TypeError/ValueError naming the bad argument and what was expected."""
+    check_tensors(value, offset, amplitude, residual, alpha)
+    check_offset_scale(offset_scale, value.dtype)
+
+
+def check_tensors(
+    value: Tensor,
+    offset: Tensor,
+    amplitude: Optional[Tensor],
+    residual: Optional[Tensor],
+    alpha: Optional[Tensor],
+) -> None:
+    """The tensor arguments' types, shapes, dtypes and devices."""
     if not isinstance(value, Tensor):
         raise TypeError(f"deformable_sample: value must be a Tensor, got {type(value).__name__}")
     if not value.is_floating_point():
@@ -71,9 +86,30 @@ def check_inputs(
             raise ValueError(
                 f"deformable_sample: alpha must be (B, 2) = ({B}, 2), got shape {tuple(alpha.shape)}"
             )
+
+
+def check_offset_scale(offset_scale, dtype: torch.dtype) -> None:
+    """offset_scale is a finite float > 0 that stays finite in the dtype the op computes in."""
     if isinstance(offset_scale, Tensor) or not isinstance(offset_scale, (int, float)):
         raise TypeError(
             f"deformable_sample: offset_scale must be a Python float, got {type(offset_scale).__name__}"
         )
     if not math.isfinite(offset_scale) or offset_scale <= 0:
         raise ValueError(f"deformable_sample: offset_scale must be finite and > 0, got {offset_scale}")
+    acc = compute_dtype(dtype)
+    if offset_scale > torch.finfo(acc).max:
+        # offset_scale * tanh(offset) would be infinite, or NaN where tanh is 0.
+        raise ValueError(
+            f"deformable_sample: offset_scale ({offset_scale}) overflows {str(acc)[6:]}, the "
+            f"dtype the op computes in for {dtype} inputs"
+        )
+
+
+def check_grad_out(grad_out: Tensor, value: Tensor) -> None:
+    """The backward's incoming gradient has value's shape, dtype and device."""
+    _check_tensor("grad_out", grad_out, value)
+    if grad_out.shape != value.shape:
+        raise ValueError(
+            f"deformable_sample: grad_out must have the shape of value {tuple(value.shape)}, "
+            f"got {tuple(grad_out.shape)}"
+        )

@@ -198,10 +198,11 @@ def _restore_or_start(run: _Run, ckpt: Optional[Dict[str, Any]]) -> int:
 
 
 def _autocast(config: TrainConfig, device: torch.device):
-    if config.amp == "none" or device.type != "cuda":
+    # bf16 needs no loss scaling, so it runs on the CPU too; fp16 stays CUDA only.
+    if config.amp == "none" or (device.type != "cuda" and config.amp != "bf16"):
         return torch.autocast(device_type=device.type, enabled=False)
     dtype = torch.bfloat16 if config.amp == "bf16" else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _run_step(run: _Run, batch: Dict[str, Any], step: int,

@@ -58,6 +58,8 @@ BAD_INPUTS = {
     "offset_scale_negative": (dict(offset_scale=-2.0), ValueError, r"> 0, got -2.0"),
     "offset_scale_tensor": (dict(offset_scale=torch.tensor(1.0)), TypeError,
                             r"offset_scale must be a Python float, got Tensor"),
+    "offset_scale_overflows_float32": (dict(offset_scale=1e39), ValueError,
+                                       r"offset_scale \(1e\+39\) overflows float32"),
     "offset_scale_string": (dict(offset_scale="1.0"), TypeError,
                             r"offset_scale must be a Python float, got str"),
 }
@@ -103,6 +105,7 @@ OP_BAD_INPUTS = {
     "dtype": (dict(amplitude=torch.zeros(2, 4, 5, 3, dtype=torch.float64)),
               r"amplitude must have the dtype of value"),
     "offset_scale": (dict(offset_scale=-1.0), r"offset_scale must be finite and > 0"),
+    "offset_scale_overflow": (dict(offset_scale=1e39), r"offset_scale \(1e\+39\) overflows float32"),
     "value_rank": (dict(value=torch.zeros(2, 4, 30)), r"value must be \(B, H, W, C\)"),
 }
 
@@ -127,3 +130,52 @@ def test_compiled_backward_checks_grad_out():
             torch.zeros(2, 4, 5, 7), case["value"], case["offset"], case["amplitude"],
             case["residual"], case["alpha"], 1.0,
         )
+
+
+def _meta(case):
+    return {k: (v.to("meta") if isinstance(v, torch.Tensor) else v) for k, v in case.items()}
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("overrides,match", OP_BAD_INPUTS.values(), ids=OP_BAD_INPUTS.keys())
+def test_fake_kernel_refuses_what_the_kernel_refuses(overrides, match):
+    # Meta tensors run the fake kernel, as torch.compile's shape propagation does.
+    case = _meta(good(**overrides))
+    with pytest.raises((TypeError, ValueError), match=match):
+        torch.ops.stable_sam_ops.deformable_sample(
+            case["value"], case["offset"], case["amplitude"], case["residual"], case["alpha"],
+            case["offset_scale"],
+        )
+
+
+@needs_cpu_kernel
+def test_fake_backward_refuses_a_bad_grad_out():
+    case = _meta(good())
+    with pytest.raises(ValueError, match=r"grad_out must have the shape of value"):
+        torch.ops.stable_sam_ops._deformable_sample_backward(
+            torch.zeros(2, 4, 5, 7, device="meta"), case["value"], case["offset"],
+            case["amplitude"], case["residual"], case["alpha"], 1.0,
+        )
+
+
+@needs_cpu_kernel
+def test_compile_refuses_a_shape_at_trace_time():
+    # The op called directly (no Python checks): tracing must fail, not produce a graph for
+    # shapes that the kernel would refuse when it runs.
+    case = good(alpha=torch.zeros(2, 1))
+
+    def direct(value, offset, amplitude, residual, alpha):
+        return torch.ops.stable_sam_ops.deformable_sample(value, offset, amplitude, residual,
+                                                          alpha, 1.0)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(direct, fullgraph=True, backend="eager")
+    with pytest.raises(Exception, match=r"alpha must be \(B, 2\)") as info:
+        compiled(case["value"], case["offset"], case["amplitude"], case["residual"], case["alpha"])
+    # Refused by the fake kernel while tracing (a ValueError), not by the C++ kernel when the
+    # graph ran (a RuntimeError from TORCH_CHECK).
+    causes, error = [], info.value
+    while error is not None:
+        causes.append(type(error))
+        error = error.__cause__ or error.__context__
+    assert ValueError in causes, causes
