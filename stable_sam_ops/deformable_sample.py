@@ -34,16 +34,16 @@ def deformable_sample(
       backend (str): "auto", "reference", "cpu", "cuda" or "triton"; see available_backends().
 
     Returns:
-      Tensor[B, H, W, C] of value's dtype and device. Differentiable in all five tensors, twice.
+      Tensor[B, H, W, C] of value's dtype and device. Differentiable in all five tensors.
 
     Every backend computes in float32 (float64 for float64 inputs) and rounds the result to
     value's dtype; offset_scale must be finite in that precision. A sampling point whose
     coordinate is NaN, infinite or outside [-1, W] x [-1, H] contributes exactly 0 with zero
     gradients. Under torch.autocast the op is a lower-precision op: its floating inputs, float64
     excepted, are cast to the autocast dtype and the output has that dtype. Second-order
-    gradients (a backward with create_graph=True) are exact on the reference and compiled
+    gradients (a backward with create_graph=True) are exact on the reference, cpu and cuda
     backends: that backward differentiates the reference composition instead of running the
-    fused backward kernel, so it runs at the reference's speed.
+    fused backward kernel, so it runs at the reference's speed. The triton backend refuses it.
     """
     amp_dtype = _autocast.autocast_dtype(value)
     if amp_dtype is not None:

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# Normalised grid coordinate that lands every bilinear corner outside any image: NaN sampling
-# coordinates are moved here so that grid_sample returns exact zeros for them.
+# Normalised grid coordinate that lands every bilinear corner outside any image: dropped points
+# (NaN, infinite or far-out coordinates) are moved here so that grid_sample returns exact zeros.
 _FAR_OUTSIDE = -8.0
 
 

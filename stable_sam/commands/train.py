@@ -70,7 +70,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
     parser.add_argument("--loss", choices=("points", "full"), default=None)
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None,
-                        help="autocast on CUDA (ignored on CPU)")
+                        help="autocast: bf16 on CUDA or the CPU, fp16 on CUDA only")
     parser.add_argument("--no-lsj", action="store_true", help="no large-scale jitter")
     parser.add_argument("--out", default=None, help="output folder (checkpoint.pt, log.csv, weights)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")

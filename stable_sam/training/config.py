@@ -43,7 +43,7 @@ class TrainConfig:
     num_points: int = 112 * 112  # points per mask for the "points" loss
     oversample_ratio: float = 3.0  # candidates per kept point for importance sampling
     importance_sample_ratio: float = 0.75  # share of points taken where the logits are uncertain
-    amp: str = "none"  # "bf16" | "fp16": autocast for the frozen encoder + decoder, CUDA only
+    amp: str = "none"  # "bf16" (CUDA or CPU) | "fp16" (CUDA only): autocast, encoder + decoder
     # --- bookkeeping
     out_dir: str = "runs/stable_sam"  # checkpoints, log.csv and the final plugin file
     ckpt_every: int = 1000  # write checkpoint.pt every this many steps (and at the end)

@@ -1,11 +1,18 @@
-"""Second-order gradients: exact on every backend that runs here (gradgradcheck in float64),
-and the fused backends give the reference's value, not zero."""
+"""Second-order gradients: exact on the reference and cpu backends (gradgradcheck in float64),
+the fused backend gives the reference's value, not zero, and triton refuses rather than answer
+wrong."""
+import os
+
 import pytest
 import torch
 
-from stable_sam_ops import available_backends, deformable_sample
+if not torch.cuda.is_available():
+    # As in test_triton_backend.py: settles interpreter vs compiler before the kernels import.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from op_cases import OPTIONAL_NAMES, make_case, present
+from stable_sam_ops import available_backends, deformable_sample  # noqa: E402
+
+from op_cases import OPTIONAL_NAMES, make_case, present  # noqa: E402
 
 BACKENDS = [b for b in ("reference", "cpu") if b in available_backends()]
 
@@ -56,3 +63,14 @@ def test_first_order_backward_still_runs_the_fused_kernel(monkeypatch):
     out = deformable_sample(**case, offset_scale=1.5, backend="cpu")
     out.sum().backward()
     assert case["offset"].grad is not None
+
+
+@pytest.mark.skipif("triton" not in available_backends(), reason="Triton backend unavailable")
+def test_triton_refuses_a_second_backward():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    case = make_case(1, 3, 4, 4, 2, dtype=torch.float32, requires_grad=True)
+    case = {k: t.detach().to(device).requires_grad_(True) for k, t in case.items()}
+    out = deformable_sample(**case, offset_scale=1.5, backend="triton")
+    grads = torch.autograd.grad(out.square().sum(), list(case.values()), create_graph=True)
+    with pytest.raises(RuntimeError, match=r"deformable_sample_triton_backward"):
+        torch.autograd.grad(sum(g.square().sum() for g in grads), list(case.values()))
