@@ -1,8 +1,9 @@
 """The op under CPU autocast (bfloat16): the chosen policy against float32 and the alternative.
 
-Rows, timed in the same run on the same inputs (what autocast hands the op in the model: value,
+Rows, timed in turns in the same run on the same inputs (what autocast hands the op in the model: value,
 offset and amplitude from linear layers in bfloat16, residual and alpha in float32):
   float32            no autocast, every input float32 (the baseline)
+  bfloat16           no autocast, every input bfloat16: the kernel alone, without casts
   lower precision    autocast: every input cast to bfloat16, the op runs in bfloat16 (chosen)
   float32 compute    the alternative: every input cast to float32, output cast to bfloat16
 Error: ||out - oracle|| / ||oracle|| (L2), oracle = the op in float64 on the float32 inputs;
@@ -14,13 +15,15 @@ gradient by O(1), as it would with any rounding of the inputs.
 """
 import argparse
 import os
+import statistics
 import sys
+import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import machine_description, make_inputs, markdown_table, median_time_ms  # noqa: E402
+from common import machine_description, make_inputs, markdown_table  # noqa: E402
 
 from stable_sam_ops import deformable_sample  # noqa: E402
 
@@ -28,7 +31,7 @@ NAMES = ("value", "offset", "amplitude", "residual", "alpha")
 AMP = torch.bfloat16
 
 
-def run_float32(inputs, scale):
+def run_plain(inputs, scale):
     return deformable_sample(**inputs, offset_scale=scale, backend="cpu")
 
 
@@ -49,6 +52,19 @@ def forward_backward(fn, inputs, scale):
     return out, leaves["offset"].grad
 
 
+def interleaved_median_ms(calls, repeats):
+    """Median ms of each call, the calls taking turns so that a busy machine slows all alike."""
+    for fn in calls.values():
+        fn()  # warm-up
+    samples = {key: [] for key in calls}
+    for _ in range(repeats):
+        for key, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            samples[key].append((time.perf_counter() - start) * 1e3)
+    return {key: statistics.median(ts) for key, ts in samples.items()}
+
+
 def relative_error(got, want):
     return ((got.double() - want).norm() / want.norm()).item()
 
@@ -63,17 +79,24 @@ def main():
     scale = made.pop("offset_scale")
     mixed = {k: (t.to(AMP) if k in ("value", "offset", "amplitude") else t) for k, t in made.items()}
     oracle_out, oracle_grad = forward_backward(
-        run_float32, {k: t.double() for k, t in made.items()}, scale
+        run_plain, {k: t.double() for k, t in made.items()}, scale
     )
+    everything_bf16 = {k: t.to(AMP) for k, t in made.items()}
+    policies = [("float32", run_plain, made),
+                ("bfloat16", run_plain, everything_bf16),
+                ("lower precision (chosen)", run_lower_precision, mixed),
+                ("float32 compute, bfloat16 out", run_float32_compute, mixed)]
+    calls = {}
+    for name, fn, inputs in policies:
+        calls[name, "forward"] = lambda fn=fn, inputs=inputs: fn(inputs, scale)
+        calls[name, "both"] = lambda fn=fn, inputs=inputs: forward_backward(fn, inputs, scale)
+    times = interleaved_median_ms(calls, args.repeats)
     rows = []
-    for name, fn, inputs in [("float32", run_float32, made),
-                             ("lower precision (chosen)", run_lower_precision, mixed),
-                             ("float32 compute, bfloat16 out", run_float32_compute, mixed)]:
+    for name, fn, inputs in policies:
         out, grad = forward_backward(fn, inputs, scale)
-        fwd = median_time_ms(lambda: fn(inputs, scale), repeats=args.repeats)
-        both = median_time_ms(lambda: forward_backward(fn, inputs, scale), repeats=args.repeats)
         rows.append([name, str(out.dtype)[6:], relative_error(out, oracle_out),
-                     relative_error(grad, oracle_grad), fwd, both])
+                     relative_error(grad, oracle_grad), times[name, "forward"],
+                     times[name, "both"]])
     print(machine_description())
     print(f"B={B}, {H}x{W}, C={C}, G={G}, offset_scale={scale}")
     print(markdown_table(["policy", "out dtype", "out rel. error", "d offset rel. error",
