@@ -54,3 +54,18 @@ def present(case: Dict[str, Optional[torch.Tensor]]):
     """(names, tensors) of the inputs that are not None, in signature order."""
     names = [n for n in INPUT_NAMES if case[n] is not None]
     return names, [case[n] for n in names]
+
+
+def device_of(backend: str) -> str:
+    """The device whose tensors `backend` is tested with (triton: the interpreter's CPU without
+    a GPU)."""
+    on_gpu = backend == "cuda" or (backend == "triton" and torch.cuda.is_available())
+    return "cuda" if on_gpu else "cpu"
+
+
+def on_device(case: Dict[str, Optional[torch.Tensor]], device: str):
+    """The same inputs on `device`, as leaves that require grad where the originals did."""
+    return {
+        k: (None if t is None else t.detach().to(device).requires_grad_(t.requires_grad))
+        for k, t in case.items()
+    }

@@ -12,9 +12,10 @@ if not torch.cuda.is_available():
 
 from stable_sam_ops import available_backends, deformable_sample  # noqa: E402
 
-from op_cases import OPTIONAL_NAMES, make_case, present  # noqa: E402
+from op_cases import OPTIONAL_NAMES, device_of, make_case, on_device, present  # noqa: E402
 
-BACKENDS = [b for b in ("reference", "cpu") if b in available_backends()]
+BACKENDS = [b for b in ("reference", "cpu", "cuda") if b in available_backends()]
+FUSED = [b for b in ("cpu", "cuda") if b in available_backends()]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -22,7 +23,8 @@ BACKENDS = [b for b in ("reference", "cpu") if b in available_backends()]
 @pytest.mark.parametrize("shape", [(2, 3, 4, 4, 2), (1, 1, 5, 3, 1)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_gradgradcheck(backend, optional, shape):
-    case = make_case(*shape, optional=optional, requires_grad=True, offset_std=0.7)
+    case = on_device(make_case(*shape, optional=optional, requires_grad=True, offset_std=0.7),
+                     device_of(backend))
     names, tensors = present(case)
 
     def fn(*ts):
@@ -40,14 +42,14 @@ def _gradient_penalty_grads(backend, case):
     return torch.autograd.grad(penalty, tensors)
 
 
-@pytest.mark.skipif("cpu" not in BACKENDS, reason="the compiled extension is not built")
-def test_cpu_second_order_equals_reference():
+@pytest.mark.parametrize("backend", FUSED)
+def test_fused_second_order_equals_reference(backend):
     case = make_case(2, 4, 5, 6, 3, requires_grad=True, offset_std=1.2)
     want = _gradient_penalty_grads("reference", case)
-    got = _gradient_penalty_grads("cpu", case)
+    got = _gradient_penalty_grads(backend, on_device(case, device_of(backend)))
     for name, g, w in zip(present(case)[0], got, want):
         assert w.abs().sum() > 0, name
-        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10, msg=name)
+        torch.testing.assert_close(g.cpu(), w, rtol=1e-10, atol=1e-10, msg=name)
 
 
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="the compiled extension is not built")
@@ -67,9 +69,8 @@ def test_first_order_backward_still_runs_the_fused_kernel(monkeypatch):
 
 @pytest.mark.skipif("triton" not in available_backends(), reason="Triton backend unavailable")
 def test_triton_refuses_a_second_backward():
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    case = make_case(1, 3, 4, 4, 2, dtype=torch.float32, requires_grad=True)
-    case = {k: t.detach().to(device).requires_grad_(True) for k, t in case.items()}
+    case = on_device(make_case(1, 3, 4, 4, 2, dtype=torch.float32, requires_grad=True),
+                     device_of("triton"))
     out = deformable_sample(**case, offset_scale=1.5, backend="triton")
     grads = torch.autograd.grad(out.square().sum(), list(case.values()), create_graph=True)
     with pytest.raises(RuntimeError, match=r"deformable_sample_triton_backward"):

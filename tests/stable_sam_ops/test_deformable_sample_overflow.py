@@ -13,9 +13,9 @@ if not torch.cuda.is_available():
 from stable_sam_ops import available_backends, deformable_sample  # noqa: E402
 from stable_sam_ops.reference import deformable_sample_reference  # noqa: E402
 
-from op_cases import INPUT_NAMES, make_case, needs_cpu_kernel  # noqa: E402
+from op_cases import INPUT_NAMES, device_of, make_case, needs_cpu_kernel, on_device  # noqa: E402
 
-BACKENDS = [b for b in ("reference", "cpu", "triton") if b in available_backends()]
+BACKENDS = [b for b in ("reference", "cpu", "cuda", "triton") if b in available_backends()]
 
 # (dtype, offset_scale): the scale times tanh overflows the dtype, but not float32 / float64.
 OVERFLOWS = [
@@ -41,15 +41,15 @@ def run(backend, case, scale):
     names = list(INPUT_NAMES)
     out = deformable_sample(**case, offset_scale=scale, backend=backend)
     grad_out = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape)
-    grads = torch.autograd.grad(out, [case[n] for n in names], grad_out)
-    return out, dict(zip(names, grads))
+    grads = torch.autograd.grad(out, [case[n] for n in names], grad_out.to(out.device))
+    return out.cpu(), {n: g.cpu() for n, g in zip(names, grads)}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype, scale", OVERFLOWS, ids=lambda p: str(p))
 def test_overflowing_scale_gives_the_oracle_answer(backend, dtype, scale):
     case = overflow_case(dtype)
-    out, grads = run(backend, case, scale)
+    out, grads = run(backend, on_device(case, device_of(backend)), scale)
     oracle = {k: t.detach().double().requires_grad_(True) for k, t in case.items()}
     want_out, want = run("reference", oracle, scale)
     assert not out.isnan().any()
@@ -72,7 +72,7 @@ def test_overflowing_scale_gives_the_oracle_answer(backend, dtype, scale):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 def test_scale_that_overflows_float32_is_refused(backend, dtype):
-    case = make_case(1, 2, 3, 2, 1, dtype=dtype)
+    case = on_device(make_case(1, 2, 3, 2, 1, dtype=dtype), device_of(backend))
     with pytest.raises(ValueError, match=r"offset_scale \(1e\+39\) overflows float32, the dtype "
                                          r"the op computes in for torch\.\w+ inputs"):
         deformable_sample(**case, offset_scale=1e39, backend=backend)
