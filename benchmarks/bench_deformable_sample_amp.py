@@ -1,7 +1,8 @@
 """The op under CPU autocast (bfloat16): the chosen policy against float32 and the alternative.
 
-Rows, timed in turns in the same run on the same inputs (what autocast hands the op in the model: value,
-offset and amplitude from linear layers in bfloat16, residual and alpha in float32):
+Rows, timed in turns in the same run on the same inputs (what autocast hands the op in the
+model: value, offset and amplitude from linear layers in bfloat16, residual and alpha in
+float32):
   float32            no autocast, every input float32 (the baseline)
   bfloat16           no autocast, every input bfloat16: the kernel alone, without casts
   lower precision    autocast: every input cast to bfloat16, the op runs in bfloat16 (chosen)
@@ -77,7 +78,8 @@ def main():
     B, H, W, C, G = args.batch, 64, 64, 256, 8
     made = make_inputs(B, H, W, C, G)
     scale = made.pop("offset_scale")
-    mixed = {k: (t.to(AMP) if k in ("value", "offset", "amplitude") else t) for k, t in made.items()}
+    linear_outputs = ("value", "offset", "amplitude")
+    mixed = {k: (t.to(AMP) if k in linear_outputs else t) for k, t in made.items()}
     oracle_out, oracle_grad = forward_backward(
         run_plain, {k: t.double() for k, t in made.items()}, scale
     )

@@ -105,7 +105,8 @@ OP_BAD_INPUTS = {
     "dtype": (dict(amplitude=torch.zeros(2, 4, 5, 3, dtype=torch.float64)),
               r"amplitude must have the dtype of value"),
     "offset_scale": (dict(offset_scale=-1.0), r"offset_scale must be finite and > 0"),
-    "offset_scale_overflow": (dict(offset_scale=1e39), r"offset_scale \(1e\+39\) overflows float32"),
+    "offset_scale_overflow": (dict(offset_scale=1e39),
+                              r"offset_scale \(1e\+39\) overflows float32"),
     "value_rank": (dict(value=torch.zeros(2, 4, 30)), r"value must be \(B, H, W, C\)"),
 }
 
