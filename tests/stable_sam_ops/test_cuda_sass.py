@@ -141,12 +141,19 @@ def test_one_element_backward_query_fits_three_blocks_per_sm(compiled):
             assert regs <= 80, (name, regs)
 
 
+def blocks_per_sm(regs, threads=256, sm_registers=65536, max_threads=2048):
+    """Resident blocks of `threads` per SM by registers (allocated 8 per thread at a time)."""
+    per_block = -(-regs // 8) * 8 * threads
+    return min(sm_registers // per_block, max_threads // threads)
+
+
 def registers_table(compiled):
-    lines = ["| kernel<dtype, pack, index> | registers | spill bytes (store/load) |",
-             "| --- | --- | --- |"]
+    lines = ["| kernel<dtype, pack, index> | registers | spill bytes (store/load) | "
+             "blocks of 256 / SM |",
+             "| --- | --- | --- | --- |"]
     for name in sorted(compiled):
         regs, spill_st, spill_ld = compiled[name][0]
-        lines.append(f"| `{name}` | {regs} | {spill_st}/{spill_ld} |")
+        lines.append(f"| `{name}` | {regs} | {spill_st}/{spill_ld} | {blocks_per_sm(regs)} |")
     return "\n".join(lines)
 
 
