@@ -103,3 +103,47 @@ def test_default_budget_leaves_a_rerun_inside_one_lease():
     assert first + rerun <= lease_s, (first, rerun)
     # The stages that prove the kernels, build then GPU tests, fit in one budget at their caps.
     assert caps["build"] + caps["gpu_tests"] <= budget
+
+
+FAKE_GPU_PYTHON = """#!/usr/bin/env bash
+# The real interpreter, except that torch "sees" a GPU and the extension's build fails.
+case "$*" in
+  *is_available*) exit 0 ;;
+  *get_device_capability*) echo 9.0; exit 0 ;;
+  *setup.py*) echo "fake build failure" >&2; exit 1 ;;
+esac
+exec {python} "$@"
+"""
+
+
+@pytest.mark.parametrize("budget, code, statuses", [
+    ("300", 1, {"build": "FAILED rc=1", "gpu_tests": "not run (build FAILED rc=1)"}),
+    ("3", 3, {"versions": "skipped (budget of 3s spent)",
+              "build": "skipped (budget of 3s spent)",
+              "gpu_tests": "not run (build skipped (budget of 3s spent))"}),
+], ids=["build-fails", "budget-spent"])
+def test_a_failed_or_unreached_build_stops_the_gpu_stages_and_prints_the_rerun(
+        tmp_path, budget, code, statuses):
+    # A copy of the script in an empty tree: its build stage deletes that tree's extension.
+    (tmp_path / "scripts").mkdir()
+    script = tmp_path / "scripts" / "gpu_check.sh"
+    script.write_text(open(SCRIPT).read())
+    fake = tmp_path / "fake_python"
+    fake.write_text(FAKE_GPU_PYTHON.format(python=sys.executable))
+    fake.chmod(0o755)
+    out_dir = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_CHECK_")}
+    env.update(OUT=str(out_dir), PYTHON=str(fake), GPU_CHECK_BUDGET_S=budget)
+    if budget == "3":  # spend the budget before the first stage: the GPU probe sleeps
+        fake.write_text(FAKE_GPU_PYTHON.format(python=sys.executable).replace(
+            "*is_available*) exit 0", "*is_available*) sleep 4; exit 0"))
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    status = summary(proc.stdout)
+    for name, want in statuses.items():
+        assert status[name] == want, (name, proc.stdout)
+    for name in ("sanitizer", "bench"):
+        assert status[name].startswith("not run (build "), proc.stdout
+    assert ("rerun what did not pass: GPU_CHECK_STAGES=build,gpu_tests,sanitizer,bench "
+            "bash scripts/gpu_check.sh") in proc.stdout
