@@ -25,7 +25,7 @@ cd "$(dirname "$0")/.."
 ALL_STAGES=(versions build gpu_tests sanitizer bench)
 # name:cap seconds. Caps sum past the budget on purpose: a fast build leaves tests and the
 # benchmark more; the budget, not the caps, bounds the run.
-declare -A CAP=([versions]=30 [build]=150 [gpu_tests]=150 [sanitizer]=60 [bench]=150)
+declare -A CAP=([versions]=30 [build]=150 [gpu_tests]=150 [sanitizer]=90 [bench]=150)
 BUDGET_S=${GPU_CHECK_BUDGET_S:-300}
 STAGES=${GPU_CHECK_STAGES:-$(IFS=,; echo "${ALL_STAGES[*]}")}
 TEST_TIMEOUT_S=${GPU_CHECK_TEST_TIMEOUT_S:-60}
@@ -34,14 +34,16 @@ usage_error() {
   echo "gpu_check: error: $*" >&2
   exit 2
 }
-[[ "$BUDGET_S" =~ ^[0-9]+$ ]] || usage_error "GPU_CHECK_BUDGET_S must be whole seconds, got '$BUDGET_S'"
+[[ "$BUDGET_S" =~ ^[0-9]+$ ]] \
+  || usage_error "GPU_CHECK_BUDGET_S must be whole seconds, got '$BUDGET_S'"
 [[ "$TEST_TIMEOUT_S" =~ ^[0-9]+$ ]] \
   || usage_error "GPU_CHECK_TEST_TIMEOUT_S must be whole seconds, got '$TEST_TIMEOUT_S'"
 declare -A SELECTED=()
 IFS=, read -r -a _requested <<< "$STAGES"
 for s in "${_requested[@]}"; do
   [ -z "$s" ] && continue
-  [ -n "${CAP[$s]:-}" ] || usage_error "unknown stage '$s' in GPU_CHECK_STAGES (stages: $(IFS=,; echo "${ALL_STAGES[*]}"))"
+  [ -n "${CAP[$s]:-}" ] || usage_error \
+    "unknown stage '$s' in GPU_CHECK_STAGES (stages: $(IFS=,; echo "${ALL_STAGES[*]}"))"
   SELECTED[$s]=1
 done
 [ "${#SELECTED[@]}" -gt 0 ] || usage_error "GPU_CHECK_STAGES selects no stage"
@@ -202,17 +204,25 @@ find_sanitizer() {
 }
 
 # compute-sanitizer on a trivial program: "Device not supported" (seen under gVisor) or any
-# failure there is the tool's, not the kernels'.
+# failure there is the tool's, not the kernels'. A CUDA C++ program when nvcc is there (seconds),
+# else a one-line torch program.
 probe_sanitizer() {
-  local cs=$1
-  "$PY" -c "import torch; torch.zeros(1, device='cuda'); torch.cuda.synchronize()" \
-    > /dev/null 2>&1 || { echo "torch cannot allocate on the GPU"; return 1; }
-  local out
-  out=$("$cs" --tool memcheck --error-exitcode 9 "$PY" -c \
-    "import torch; (torch.ones(4, device='cuda') + 1).sum().item()" 2>&1)
-  local rc=$?
+  local cs=$1 dir nvcc out rc
+  dir=$(mktemp -d /tmp/sso_sanitizer_probe.XXXXXX)
+  nvcc=$(command -v nvcc || { [ -n "${CUDA_HOME:-}" ] && echo "$CUDA_HOME/bin/nvcc"; })
+  local probe=("$PY" -c "import torch; (torch.ones(4, device='cuda') + 1).sum().item()")
+  if [ -n "$nvcc" ] && [ -x "$nvcc" ]; then
+    printf '%s\n' '__global__ void one(int* p) { *p = 1; }' \
+      'int main() { int* p; if (cudaMalloc(&p, 4)) return 1; one<<<1, 1>>>(p);' \
+      '  return cudaDeviceSynchronize() != cudaSuccess; }' > "$dir/probe.cu"
+    "$nvcc" -o "$dir/probe" "$dir/probe.cu" > /dev/null 2>&1 && probe=("$dir/probe")
+  fi
+  out=$("$cs" --tool memcheck --error-exitcode 9 "${probe[@]}" 2>&1)
+  rc=$?
+  rm -rf "$dir"
   if [ "$rc" -ne 0 ] || grep -qiE "not supported|error 999|internal error" <<< "$out"; then
-    echo "compute-sanitizer refused a trivial program (rc=$rc): $(grep -iE 'not supported|error' <<< "$out" | head -1)"
+    echo "compute-sanitizer refused a trivial program (rc=$rc):" \
+      "$(grep -iE 'not supported|error' <<< "$out" | head -1)"
     return 1
   fi
 }
