@@ -2,7 +2,7 @@
 # One-shot check of the CUDA and Triton backends on a fresh GPU machine without network:
 #   bash scripts/gpu_check.sh            (from anywhere; runs in the repository root)
 # Sized for one device lease (15 minutes, machine start included): the default budget
-# (GPU_CHECK_BUDGET_S, 300 s) leaves room to start a second machine and rerun the failed stages,
+# (GPU_CHECK_BUDGET_S, 270 s) leaves room to start a second machine and rerun the failed stages,
 # whose command the summary prints. Stages, most valuable first, each capped and skipped once the
 # budget is spent:
 #   versions   nvidia-smi, torch, triton, nvcc
@@ -25,8 +25,8 @@ cd "$(dirname "$0")/.."
 ALL_STAGES=(versions build gpu_tests sanitizer bench)
 # name:cap seconds. Caps sum past the budget on purpose: a fast build leaves tests and the
 # benchmark more; the budget, not the caps, bounds the run.
-declare -A CAP=([versions]=30 [build]=150 [gpu_tests]=150 [sanitizer]=90 [bench]=150)
-BUDGET_S=${GPU_CHECK_BUDGET_S:-300}
+declare -A CAP=([versions]=30 [build]=130 [gpu_tests]=140 [sanitizer]=90 [bench]=150)
+BUDGET_S=${GPU_CHECK_BUDGET_S:-270}
 STAGES=${GPU_CHECK_STAGES:-$(IFS=,; echo "${ALL_STAGES[*]}")}
 TEST_TIMEOUT_S=${GPU_CHECK_TEST_TIMEOUT_S:-60}
 
