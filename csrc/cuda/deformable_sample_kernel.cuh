@@ -209,8 +209,9 @@ struct SampleCache {
 };
 
 // Blocks of 256 threads the backward query kernel asks to keep resident per SM. 3 caps
-// registers at 80 per thread: the one-element paths (71-86 registers unbounded) fit without
-// spilling; the packed paths and float64 (96-128) spill at 80, so they keep 2 (25% occupancy).
+// registers at 80 per thread: the one-element paths (77-86 registers unbounded, 71-78 bounded)
+// fit without spilling; the packed paths and float64 (96-128) spill at 80, so they keep 2 (25%
+// occupancy).
 // Per-kernel registers and spills from ptxas -v: benchmarks/RESULTS.md.
 template <typename scalar_t, int VEC>
 constexpr int backward_query_min_blocks() {
