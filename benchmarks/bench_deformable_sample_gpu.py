@@ -7,13 +7,16 @@ Shapes: B in {1, 8, 32, 128}, C = 256, 64 x 64 (SAM's image-token grid), G in {1
 and bfloat16. Times are medians of triton.testing.do_bench; forward GB/s uses the bytes the op
 must move (benchmarks/common.op_bytes) and is compared with a device-to-device copy of value
 measured in the same run. torch.compile is timed only at --compile-batches (its compile time
-dominates otherwise) and is skipped once the time budget runs short. The table goes to stdout
-(last), to benchmarks/RESULTS.md under the GPU's name, and to --out-dir when given.
+dominates otherwise; `--compile-batches` with no value drops it) and is skipped once 60% of the
+time budget is spent; no new row starts once all of it is. The table goes to --out-dir after
+every row (a run killed midway leaves the rows it measured), to benchmarks/RESULTS.md under the
+GPU's name at the end, and to stdout (last).
 """
 import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 import torch
@@ -47,7 +50,8 @@ def parse_args():
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     p.add_argument("--compile-batches", type=int, nargs="*", default=[32])
     p.add_argument("--budget-s", type=float, default=300.0,
-                   help="skip torch.compile configs once this much wall time is spent")
+                   help="wall time after which no new row starts (torch.compile rows stop at "
+                   "60%% of it)")
     p.add_argument("--out-dir", default=os.environ.get("OUT"))
     p.add_argument("--no-results-md", action="store_true", help="do not write RESULTS.md")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
@@ -130,53 +134,82 @@ def main():
     gpu = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "CPU (smoke test)"
     rows, notes = [], []
     copy_bw = {}
-    for dtype_name in args.dtypes:
+    configs = [(dtype_name, G, B) for dtype_name in args.dtypes for G in args.groups
+               for B in args.batches]
+    full, full_key = None, None
+    for done, (dtype_name, G, B) in enumerate(configs):
+        if time.time() - start > args.budget_s:
+            notes.append(f"stopped at the {args.budget_s:.0f} s budget: "
+                         f"{len(configs) - done} of {len(configs)} configurations not run")
+            break
         dtype = getattr(torch, dtype_name)
-        for G in args.groups:
-            full = make_inputs(max(args.batches), H, W, C, G, dtype, DEVICE)
-            offset_scale = full.pop("offset_scale")
-            for B in args.batches:
-                inputs = {k: full[k][:B].detach().requires_grad_(True) for k in NAMES}
-                if (B, dtype) not in copy_bw:
-                    copy_bw[(B, dtype)] = copy_gbps(B * H * W * C, dtype)
-                compile_ok = B in args.compile_batches and time.time() - start < args.budget_s * 0.6
-                if B in args.compile_batches and not compile_ok:
-                    notes.append(f"compiled skipped at B={B} {dtype_name} G={G}: time budget")
-                fns = providers(compile_ok)
-                for backward in (False, True):
-                    ms = {}
-                    for name, fn in fns.items():
-                        try:
-                            ms[name] = time_provider(fn, inputs, offset_scale, backward)
-                        except Exception as exc:  # one provider failing must not lose the table
-                            notes.append(f"{name} failed at B={B} {dtype_name} G={G}: {exc!r}"[:300])
-                    rows.append(make_row(B, G, dtype_name, backward, ms, copy_bw[(B, dtype)], dtype))
-                    print(f"[{time.time() - start:6.1f}s] B={B} G={G} {dtype_name} "
-                          f"{'fwd+bwd' if backward else 'fwd'}: "
-                          + ", ".join(f"{k} {v:.3f} ms" for k, v in ms.items()), flush=True)
-            del full
+        if full_key != (dtype_name, G):
+            full = None  # free the previous inputs before drawing the next
             if DEVICE == "cuda":
                 torch.cuda.empty_cache()
+            full = make_inputs(max(args.batches), H, W, C, G, dtype, DEVICE)
+            offset_scale = full.pop("offset_scale")
+            full_key = (dtype_name, G)
+        inputs = {k: full[k][:B].detach().requires_grad_(True) for k in NAMES}
+        if (B, dtype) not in copy_bw:
+            copy_bw[(B, dtype)] = copy_gbps(B * H * W * C, dtype)
+        compile_ok = B in args.compile_batches and time.time() - start < args.budget_s * 0.6
+        if B in args.compile_batches and not compile_ok:
+            notes.append(f"compiled skipped at B={B} {dtype_name} G={G}: time budget")
+        fns = providers(compile_ok)
+        for backward in (False, True):
+            ms = {}
+            for name, fn in fns.items():
+                try:
+                    ms[name] = time_provider(fn, inputs, offset_scale, backward)
+                except Exception as exc:  # one provider failing must not lose the table
+                    notes.append(f"{name} failed at B={B} {dtype_name} G={G}: {exc!r}"[:300])
+            rows.append(make_row(B, G, dtype_name, backward, ms, copy_bw[(B, dtype)], dtype))
+            print(f"[{time.time() - start:6.1f}s] B={B} G={G} {dtype_name} "
+                  f"{'fwd+bwd' if backward else 'fwd'}: "
+                  + ", ".join(f"{k} {v:.3f} ms" for k, v in ms.items()), flush=True)
+            if args.out_dir:
+                write_out_dir_table(args.out_dir, gpu, report(rows, notes))
+    body = report(rows, notes)
+    if not args.no_results_md:
+        write_results_section(f"GPU: deformable_sample on {gpu}", body)
+    if args.out_dir:
+        write_out_dir_table(args.out_dir, gpu, body)
+    print()
+    print(body)
+    return 0
+
+
+def report(rows, notes):
     header = ["B", "G", "dtype", "pass", "eager ms", "compiled ms", "cuda ms", "triton ms",
               "cuda GB/s", "cuda % copy", "cuda x eager", "cuda x compiled", "triton / cuda"]
-    table = markdown_table(header, rows)
-    body = "\n\n".join([
+    return "\n\n".join([
         f"{machine_description(DEVICE)}",
         f"H = W = {H}, C = {C}, offset_scale 4, medians of triton.testing.do_bench. "
         f"GB/s from the bytes the forward must move; copy = device-to-device copy of value "
         f"measured in the same run. Targets: {TARGETS}.",
-        table,
+        markdown_table(header, rows),
         check_targets(rows),
     ] + (["Notes: " + "; ".join(notes)] if notes else []))
-    if not args.no_results_md:
-        write_results_section(f"GPU: deformable_sample on {gpu}", body)
-    if args.out_dir:
-        os.makedirs(args.out_dir, exist_ok=True)
-        with open(os.path.join(args.out_dir, "bench_deformable_sample_gpu.md"), "w") as f:
+
+
+def write_out_dir_table(out_dir, gpu, body):
+    """bench_deformable_sample_gpu.md in out_dir, replaced atomically with the permissions a
+    plain open() gives (the umask's), so a reader never sees half a table."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "bench_deformable_sample_gpu.md")
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".bench_deformable_sample_gpu.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(f"## GPU: deformable_sample on {gpu}\n\n{body}\n")
-    print()
-    print(body)
-    return 0
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def make_row(B, G, dtype_name, backward, ms, copy_bw, dtype):

@@ -31,14 +31,6 @@ namespace {
 
 using namespace cuda_detail;
 
-constexpr int kThreadsPerBlock = 256;  // a multiple of the warp size: segment shuffles need it
-constexpr int64_t kMaxBlocks = 65535LL * 32;  // grid-stride loops cover the rest
-
-int64_t blocks_for(int64_t n_threads) {
-  return std::max<int64_t>(1, std::min<int64_t>((n_threads + kThreadsPerBlock - 1) / kThreadsPerBlock,
-                                                kMaxBlocks));
-}
-
 bool aligned16(const at::Tensor& t) {
   return !t.defined() || reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
 }
@@ -53,13 +45,6 @@ bool can_vectorize(int64_t Cg, std::initializer_list<const at::Tensor*> tensors)
     if (!aligned16(*t)) return false;
   }
   return true;
-}
-
-// Whether every index a kernel forms fits in int32 (faster division): its thread indices,
-// including the last grid-stride step past the end, and the element indices of value.
-bool fits_int32(int64_t n_threads, const at::Tensor& value) {
-  const int64_t lim = std::numeric_limits<int32_t>::max();
-  return n_threads + kMaxBlocks * kThreadsPerBlock < lim && value.numel() < lim;
 }
 
 template <typename scalar_t>
@@ -108,7 +93,7 @@ at::Tensor deformable_sample_forward_kernel(const at::Tensor& value_in, const at
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         };
         const bool vec = can_vectorize<scalar_t>(Cg, {&value, &residual, &out});
-        const bool small = fits_int32(n_qg * Cg, value);
+        const bool small = forward_fits_int32(n_qg, Cg, value.numel(), offset.numel());
         using I32 = std::type_identity<int32_t>;
         using I64 = std::type_identity<int64_t>;
         using VV = std::integral_constant<int, VEC>;
@@ -169,6 +154,12 @@ deformable_sample_backward_kernel(const at::Tensor& grad_out_in, const at::Tenso
   } else {
     grad_value_acc = at::zeros(value.sizes(), value.options().dtype(acc_dtype));
   }
+  // What the deterministic gather reads of each (query, group); written by the query kernel.
+  at::Tensor sample_corner, sample_coef;
+  if (deterministic) {
+    sample_corner = at::empty({n_qg, 2}, value.options().dtype(at::kInt));
+    sample_coef = at::empty({n_qg, 4}, value.options().dtype(acc_dtype));
+  }
   at::Tensor alpha_partials =
       alpha.defined() ? at::empty({B, H * W * G, 2}, value.options().dtype(acc_dtype))
                       : at::Tensor();
@@ -179,15 +170,14 @@ deformable_sample_backward_kernel(const at::Tensor& grad_out_in, const at::Tenso
         constexpr int VEC = 16 / sizeof(scalar_t);
         const bool vec = can_vectorize<scalar_t>(
             Cg, {&grad_out, &value, &residual, &grad_residual, &grad_value});
-        const int64_t n_vec = Cg / (vec ? VEC : 1);
-        const int lanes_log2 = backward_lanes_log2(n_vec);
-        const int64_t n_query_threads = n_qg << lanes_log2;
+        const auto plan =
+            plan_backward_query(n_qg, Cg / (vec ? VEC : 1), value.numel(), offset.numel());
         auto launch_query = [&](auto vec_tag, auto index_tag) {
           constexpr int V = decltype(vec_tag)::value;
           using index_t = typename decltype(index_tag)::type;
           deformable_sample_backward_query_kernel_impl<scalar_t, V, index_t>
-              <<<blocks_for(n_query_threads), kThreadsPerBlock, 0, stream>>>(
-                  static_cast<index_t>(n_query_threads), lanes_log2,
+              <<<blocks_for(plan.n_threads), kThreadsPerBlock, 0, stream>>>(
+                  static_cast<index_t>(plan.n_threads), plan.lanes_log2,
                   grad_out.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(),
                   offset.const_data_ptr<scalar_t>(), ptr_or_null<scalar_t>(amplitude),
                   ptr_or_null<scalar_t>(residual), ptr_or_null<scalar_t>(alpha),
@@ -196,6 +186,9 @@ deformable_sample_backward_kernel(const at::Tensor& grad_out_in, const at::Tenso
                   amplitude.defined() ? grad_amplitude.mutable_data_ptr<scalar_t>() : nullptr,
                   residual.defined() ? grad_residual.mutable_data_ptr<scalar_t>() : nullptr,
                   alpha_partials.defined() ? alpha_partials.mutable_data_ptr<acc_t>() : nullptr,
+                  SampleCache<acc_t>{
+                      sample_corner.defined() ? sample_corner.mutable_data_ptr<int32_t>() : nullptr,
+                      sample_coef.defined() ? sample_coef.mutable_data_ptr<acc_t>() : nullptr},
                   H, W, C, G, static_cast<acc_t>(offset_scale));
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         };
@@ -203,7 +196,7 @@ deformable_sample_backward_kernel(const at::Tensor& grad_out_in, const at::Tenso
         using I64 = std::type_identity<int64_t>;
         using VV = std::integral_constant<int, VEC>;
         using V1 = std::integral_constant<int, 1>;
-        const bool small = fits_int32(n_query_threads, value);
+        const bool small = plan.index32;
         if (vec && small) launch_query(VV{}, I32{});
         else if (vec) launch_query(VV{}, I64{});
         else if (small) launch_query(V1{}, I32{});
@@ -216,10 +209,9 @@ deformable_sample_backward_kernel(const at::Tensor& grad_out_in, const at::Tenso
             const int64_t n = n_qg * (Cg / V);
             deformable_sample_backward_gather_value_kernel_impl<scalar_t, V>
                 <<<blocks_for(n), kThreadsPerBlock, 0, stream>>>(
-                    n, grad_out.const_data_ptr<scalar_t>(), offset.const_data_ptr<scalar_t>(),
-                    ptr_or_null<scalar_t>(amplitude), ptr_or_null<scalar_t>(alpha),
-                    grad_value.mutable_data_ptr<scalar_t>(), H, W, C, G, radius,
-                    static_cast<acc_t>(offset_scale));
+                    n, grad_out.const_data_ptr<scalar_t>(), sample_corner.const_data_ptr<int32_t>(),
+                    sample_coef.const_data_ptr<acc_t>(), grad_value.mutable_data_ptr<scalar_t>(),
+                    H, W, C, G, radius);
             C10_CUDA_KERNEL_LAUNCH_CHECK();
           };
           if (vec) launch_gather(VV{});

@@ -17,6 +17,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <initializer_list>
+#include <limits>
 #include <type_traits>
 
 namespace stable_sam_ops {
@@ -25,6 +28,7 @@ namespace cuda_detail {
 namespace m = stable_sam_ops::math;
 
 constexpr unsigned kFullWarp = 0xffffffffu;
+constexpr int kThreadsPerBlock = 256;  // a multiple of the warp size: segment shuffles need it
 
 // VEC contiguous elements moved as one aligned load/store.
 template <typename T, int N>
@@ -37,9 +41,18 @@ __device__ __forceinline__ Pack<T, N> load_pack(const T* p) {
   return *reinterpret_cast<const Pack<T, N>*>(p);
 }
 
+// A 16-byte Pack assigned as a struct compiles to four 32-bit stores on sm_90; the same bytes
+// stored as one uint4 through __stwb compile to one STG.E.128 (tests/stable_sam_ops/
+// test_cuda_sass.py checks the SASS).
 template <typename T, int N>
 __device__ __forceinline__ void store_pack(T* p, const Pack<T, N>& x) {
-  *reinterpret_cast<Pack<T, N>*>(p) = x;
+  if constexpr (sizeof(Pack<T, N>) == 16) {
+    uint4 bits;
+    memcpy(&bits, &x, sizeof(bits));
+    __stwb(reinterpret_cast<uint4*>(p), bits);
+  } else {
+    *reinterpret_cast<Pack<T, N>*>(p) = x;
+  }
 }
 
 // Loads the VEC channels of one bilinear corner as acc_t, or zeros when the corner is out of
@@ -185,15 +198,37 @@ __device__ __forceinline__ void scatter_corner(acc_t* dst, acc_t coef, const acc
   }
 }
 
+// With sample_corner/sample_coef given (the deterministic path), lane 0 of each (query, group)
+// also writes what the gather kernel needs of it: the top-left corner (y0, x0) and the four
+// corner coefficients alpha1 * amplitude * weight (0 for a corner out of range), so the gather
+// reads 8 bytes per query in its window instead of recomputing two tanh.
+template <typename acc_t>
+struct SampleCache {
+  int32_t* __restrict__ corner;  // (n_qg, 2): y0, x0
+  acc_t* __restrict__ coef;      // (n_qg, 4): c00, c01, c10, c11
+};
+
+// Blocks of 256 threads the backward query kernel asks to keep resident per SM. 3 caps
+// registers at 80 per thread: the one-element paths (77-86 registers unbounded, 71-78 bounded)
+// fit without spilling; the packed paths and float64 (96-128) spill at 80, so they keep 2 (25%
+// occupancy).
+// Per-kernel registers and spills from ptxas -v: benchmarks/RESULTS.md.
+template <typename scalar_t, int VEC>
+constexpr int backward_query_min_blocks() {
+  return VEC == 1 && sizeof(scalar_t) <= 4 ? 3 : 2;
+}
+
 template <typename scalar_t, int VEC, typename index_t>
-__global__ void deformable_sample_backward_query_kernel_impl(
+__global__ void __launch_bounds__(kThreadsPerBlock, (backward_query_min_blocks<scalar_t, VEC>()))
+deformable_sample_backward_query_kernel_impl(
     index_t n_threads, int lanes_log2, const scalar_t* __restrict__ grad_out,
     const scalar_t* __restrict__ value, const scalar_t* __restrict__ offset,
     const scalar_t* __restrict__ amplitude, const scalar_t* __restrict__ residual,
     const scalar_t* __restrict__ alpha, at::opmath_type<scalar_t>* __restrict__ grad_value_acc,
     scalar_t* __restrict__ grad_offset, scalar_t* __restrict__ grad_amplitude,
     scalar_t* __restrict__ grad_residual, at::opmath_type<scalar_t>* __restrict__ alpha_partials,
-    index_t H, index_t W, index_t C, index_t G, at::opmath_type<scalar_t> offset_scale) {
+    SampleCache<at::opmath_type<scalar_t>> sample_cache, index_t H, index_t W, index_t C,
+    index_t G, at::opmath_type<scalar_t> offset_scale) {
   using acc_t = at::opmath_type<scalar_t>;
   const int lanes = 1 << lanes_log2;
   const index_t Cg = C / G;
@@ -258,12 +293,26 @@ __global__ void deformable_sample_backward_query_kernel_impl(
     sum_gR = segment_sum(sum_gR, lanes);
     if (active && lane == 0) {
       const acc_t A = f.alpha1 * f.amplitude;
-      grad_offset[2 * qg] = static_cast<scalar_t>(A * sum_dx * f.p.dx_draw);
-      grad_offset[2 * qg + 1] = static_cast<scalar_t>(A * sum_dy * f.p.dy_draw);
+      // 2 * qg in 64 bits: with one channel per group qg may pass 2^30 in an int32 launch.
+      const int64_t q2 = 2 * static_cast<int64_t>(qg);
+      grad_offset[q2] = static_cast<scalar_t>(A * sum_dx * f.p.dx_draw);
+      grad_offset[q2 + 1] = static_cast<scalar_t>(A * sum_dy * f.p.dy_draw);
       if (grad_amplitude != nullptr) grad_amplitude[qg] = static_cast<scalar_t>(f.alpha1 * sum_gS);
       if (alpha_partials != nullptr) {
-        alpha_partials[2 * qg] = f.amplitude * sum_gS;
-        alpha_partials[2 * qg + 1] = sum_gR;
+        alpha_partials[q2] = f.amplitude * sum_gS;
+        alpha_partials[q2 + 1] = sum_gR;
+      }
+      if (sample_cache.corner != nullptr) {
+        const auto w = m::corner_weights(f.p);
+        // y0, x0 lie in [-2, max(H, W)] (-2 marks a point with no corner in range).
+        sample_cache.corner[q2] = static_cast<int32_t>(f.p.y0);
+        sample_cache.corner[q2 + 1] = static_cast<int32_t>(f.p.x0);
+        Pack<acc_t, 4> c;
+        c.v[0] = A * w.w00;
+        c.v[1] = A * w.w01;
+        c.v[2] = A * w.w10;
+        c.v[3] = A * w.w11;
+        store_pack<acc_t, 4>(sample_cache.coef + 2 * q2, c);
       }
     }
   }
@@ -272,14 +321,15 @@ __global__ void deformable_sample_backward_query_kernel_impl(
 // ---------------------------------------------------------------------------------------------
 // Backward, deterministic dL/dvalue: one thread per (value pixel, group, VEC-chunk) gathers from
 // every query within `radius` = ceil(offset_scale) + 1 pixels (|delta| <= offset_scale, so no
-// other query can touch this pixel), recomputing each query's sampling point, in a fixed order.
+// other query can touch this pixel), in a fixed order, reading each query's corner and
+// coefficients from the SampleCache the query kernel wrote.
 
 template <typename scalar_t, int VEC>
 __global__ void deformable_sample_backward_gather_value_kernel_impl(
-    int64_t n_threads, const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ offset,
-    const scalar_t* __restrict__ amplitude, const scalar_t* __restrict__ alpha,
-    scalar_t* __restrict__ grad_value, int64_t H, int64_t W, int64_t C, int64_t G,
-    int64_t radius, at::opmath_type<scalar_t> offset_scale) {
+    int64_t n_threads, const scalar_t* __restrict__ grad_out,
+    const int32_t* __restrict__ sample_corner,
+    const at::opmath_type<scalar_t>* __restrict__ sample_coef, scalar_t* __restrict__ grad_value,
+    int64_t H, int64_t W, int64_t C, int64_t G, int64_t radius) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t Cg = C / G;
   const int64_t n_vec = Cg / VEC;
@@ -288,7 +338,6 @@ __global__ void deformable_sample_backward_gather_value_kernel_impl(
     const int64_t k = idx % n_vec;
     const auto px = split_query_group<int64_t>(idx / n_vec, H, W, G);  // the value pixel
     const int64_t c0 = px.g * Cg + k * VEC;
-    const acc_t alpha1 = alpha != nullptr ? static_cast<acc_t>(alpha[2 * px.b]) : acc_t(1);
     acc_t acc[VEC];
 #pragma unroll
     for (int e = 0; e < VEC; ++e) acc[e] = acc_t(0);
@@ -299,17 +348,12 @@ __global__ void deformable_sample_backward_gather_value_kernel_impl(
     for (int64_t qi = i_lo; qi <= i_hi; ++qi) {
       for (int64_t qj = j_lo; qj <= j_hi; ++qj) {
         const int64_t qg = ((px.b * H + qi) * W + qj) * G + px.g;
-        const auto p = m::make_sample_point<acc_t>(static_cast<acc_t>(offset[2 * qg]),
-                                                   static_cast<acc_t>(offset[2 * qg + 1]), qi, qj,
-                                                   H, W, offset_scale);
-        const int64_t dy = px.i - p.y0;
-        const int64_t dx = px.j - p.x0;
+        const Pack<int32_t, 2> corner = load_pack<int32_t, 2>(sample_corner + 2 * qg);
+        const int64_t dy = px.i - corner.v[0];
+        const int64_t dx = px.j - corner.v[1];
         if (dy < 0 || dy > 1 || dx < 0 || dx > 1) continue;
-        const auto w = m::corner_weights(p);
-        // This pixel is in range, so the corner that lands on it is too.
-        const acc_t weight = dy == 0 ? (dx == 0 ? w.w00 : w.w01) : (dx == 0 ? w.w10 : w.w11);
-        const acc_t amp = amplitude != nullptr ? static_cast<acc_t>(amplitude[qg]) : acc_t(1);
-        const acc_t coef = alpha1 * amp * weight;
+        // 0 for a corner out of range, so no range test here.
+        const acc_t coef = sample_coef[4 * qg + 2 * dy + dx];
         acc_t g[VEC];
         load_corner<scalar_t, VEC>(grad_out, true, m::pixel_index(px.b, qi, qj, H, W, C) + c0, g);
 #pragma unroll
@@ -326,12 +370,55 @@ __global__ void deformable_sample_backward_gather_value_kernel_impl(
 // ---------------------------------------------------------------------------------------------
 // Launch geometry shared by the launchers and the host emulation.
 
+constexpr int64_t kMaxBlocks = 65535LL * 32;  // grid-stride loops cover the rest
+
+inline int64_t blocks_for(int64_t n_threads, int64_t max_blocks = kMaxBlocks) {
+  const int64_t wanted = (n_threads + kThreadsPerBlock - 1) / kThreadsPerBlock;
+  return wanted < 1 ? 1 : (wanted < max_blocks ? wanted : max_blocks);
+}
+
+// Whether a kernel may use int32 indices (faster division): its thread indices, including the
+// last grid-stride step past the end, and every element index it forms in index_t, i.e. the
+// numel of every tensor it indexes that way (value, and offset, whose 2 * qg is twice the
+// query count: with one channel per group that passes 2^31 before value's numel does).
+inline bool fits_int32(int64_t n_threads, std::initializer_list<int64_t> numels) {
+  const int64_t lim = std::numeric_limits<int32_t>::max();
+  if (n_threads + kMaxBlocks * kThreadsPerBlock >= lim) return false;
+  for (const int64_t n : numels) {
+    if (n >= lim) return false;
+  }
+  return true;
+}
+
+// The forward kernel's index width over n_qg (query, group) pairs of Cg channels.
+inline bool forward_fits_int32(int64_t n_qg, int64_t Cg, int64_t value_numel,
+                               int64_t offset_numel) {
+  return fits_int32(n_qg * Cg, {value_numel, offset_numel});
+}
+
 // log2 of the lanes that share one (query, group) in the backward query kernel: a power of two
 // covering the group's packs, at most a warp.
 inline int backward_lanes_log2(int64_t n_vec) {
   int lanes_log2 = 0;
   while ((int64_t{1} << lanes_log2) < n_vec && lanes_log2 < 5) ++lanes_log2;
   return lanes_log2;
+}
+
+// How the launchers (and the host emulation) run the backward query kernel over n_qg
+// (query, group) pairs of n_vec chunks each.
+struct BackwardQueryPlan {
+  int lanes_log2;
+  int64_t n_threads;
+  bool index32;
+};
+
+inline BackwardQueryPlan plan_backward_query(int64_t n_qg, int64_t n_vec, int64_t value_numel,
+                                             int64_t offset_numel) {
+  BackwardQueryPlan plan;
+  plan.lanes_log2 = backward_lanes_log2(n_vec);
+  plan.n_threads = n_qg << plan.lanes_log2;
+  plan.index32 = fits_int32(plan.n_threads, {value_numel, offset_numel});
+  return plan;
 }
 
 // |delta| <= offset_scale: a query more than ceil(offset_scale) + 1 pixels away cannot touch a

@@ -6,6 +6,7 @@ Under TRITON_INTERPRET=1 (CPU tensors, the tests) the same path runs the interpr
 fake-tensor shape propagation skips the launch, and AOT tracing, which would need the kernels
 in the graph, is refused with an error.
 """
+import contextlib
 from typing import Optional, Tuple
 
 import torch
@@ -42,7 +43,17 @@ def _launch(kernel, grid, *args, **meta):
         if any(isinstance(a, FakeTensor) for a in args):
             return  # shape propagation only: the outputs are already allocated
 
-    torch.library.wrap_triton(kernel)[grid](*args, **meta)
+    device = next(a.device for a in args if isinstance(a, Tensor))
+    with device_guard(device):
+        torch.library.wrap_triton(kernel)[grid](*args, **meta)
+
+
+def device_guard(device: torch.device):
+    """Makes `device` current for a launch: Triton launches on the current CUDA device, which
+    need not be the inputs' (inputs on cuda:1 while cuda:0 is current)."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 def _opt(t: Optional[Tensor]) -> Optional[Tensor]:

@@ -39,8 +39,9 @@ SHAPES = [
     (1, 3, 3, 64, 1),   # Cg = 64: 16 float32 packs, 16 lanes per group
     (1, 3, 4, 264, 2),  # Cg = 132: 33 float32 packs, 32 lanes that wrap
 ]
-# (vectorize, index64, max_blocks): max_blocks = 2 makes the grid-stride loops wrap.
-PATHS = [(False, False, 10**6), (True, False, 10**6), (True, True, 2), (False, True, 2)]
+# (vectorize, index64, max_blocks): one block of the launchers' 256 threads makes the
+# grid-stride loops wrap wherever a launch has more threads (every path has such shapes above).
+PATHS = [(False, False, 10**6), (True, False, 10**6), (True, True, 1), (False, True, 1)]
 
 
 def shape_id(s):
@@ -161,10 +162,13 @@ def test_nan_inf_huge_offsets_read_nothing_outside_value(emu, path):
         assert got["offset"][0, 0, 0, 0].eq(0).all() and got["offset"][1, 1, 1, 0].eq(0).all()
 
 
-@pytest.mark.parametrize("offset_scale", [0.5, 40.0], ids=lambda s: f"scale{s}")
-def test_gather_and_atomic_value_gradients_agree(emu, offset_scale):
-    # 40 on a 6 x 7 image: the gather radius is capped by the image.
-    inputs = make_inputs(2, 6, 7, 24, 3, torch.float32, seed=6, offset_std=0.8)
+# (offset_scale, raw offset std): 40 and 1000 on a 6 x 7 image cap the gather radius by the
+# image; the raw offsets are scaled so that points land a few pixels away, inside the image.
+@pytest.mark.parametrize("offset_scale, offset_std", [(0.5, 0.8), (4.0, 0.8), (40.0, 0.08),
+                                                       (1000.0, 0.003)],
+                         ids=lambda v: f"{v}")
+def test_gather_and_atomic_value_gradients_agree(emu, offset_scale, offset_std):
+    inputs = make_inputs(2, 6, 7, 24, 3, torch.float32, seed=6, offset_std=offset_std)
     grad_out = torch.randn(2, 6, 7, 24, generator=torch.Generator().manual_seed(7),
                            dtype=torch.float64)
     _, want = oracle(inputs, offset_scale, grad_out)
@@ -172,3 +176,36 @@ def test_gather_and_atomic_value_gradients_agree(emu, offset_scale):
     _, gather = run(emu, inputs, offset_scale, grad_out, True, PATHS[1])
     torch.testing.assert_close(gather["value"], atomic["value"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(gather["value"].double(), want["value"], atol=1e-4, rtol=1e-4)
+    assert want["value"].count_nonzero() > want["value"].numel() // 4  # the points land inside
+
+
+INT32_MAX = 2**31 - 1
+
+
+def meta(*shape):
+    return torch.empty(shape, device="meta")
+
+
+# (B, H, W, C, G), vectorize, (forward int32, backward int32). One channel per group makes
+# offset (2 per query and group) twice value: 2^30 queries put offset's last index 2 * qg + 1
+# past int32 while value's numel and the thread count still fit. With wide groups the backward
+# runs 32 lanes per group, few threads, and value's numel is its boundary; the forward runs one
+# thread per element, so its thread count (plus the last grid-stride step) passes first.
+BOUNDARY = [
+    ((1, 1, 2**30 - 1, 1, 1), False, (True, True)),
+    ((1, 1, 2**30, 1, 1), False, (False, False)),
+    ((1, 3, 5, 2**27, 64), True, (False, True)),
+    ((1, 3, 5, 2**27 + 2**25, 64), True, (False, False)),
+    ((1, 3, 5, 2**27 + 2**25, 64), False, (False, False)),
+]
+
+
+@pytest.mark.parametrize("shape, vectorize, want", BOUNDARY,
+                         ids=[f"{shape_id(s)}-{'pack' if v else 'scalar'}" for s, v, _ in BOUNDARY])
+def test_int32_indices_only_where_every_index_fits(emu, shape, vectorize, want):
+    B, H, W, C, G = shape
+    value, offset = meta(B, H, W, C), meta(B, H, W, G, 2)
+    got = emu.launch_plan_index32(value, offset, vectorize)
+    assert tuple(got) == want
+    if got[1]:  # the largest element index the backward query kernel forms in index_t
+        assert max(value.numel(), offset.numel()) <= INT32_MAX

@@ -276,3 +276,35 @@ def test_kernels_compile_for_sm90_without_a_gpu():
     proc = subprocess.run([sys.executable, "-c", "import os\n" + _COMPILE_FOR_SM90],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_launches_are_guarded_by_the_inputs_device(monkeypatch):
+    # Triton launches on the current CUDA device; each launch must make the inputs' current.
+    from stable_sam_ops._triton import op as triton_op_module
+
+    devices = []
+    guard = triton_op_module.device_guard
+
+    def recording_guard(device):
+        devices.append(device)
+        return guard(device)
+
+    monkeypatch.setattr(triton_op_module, "device_guard", recording_guard)
+    inputs = make_inputs(1, 3, 4, 8, 2, torch.float32, seed=4)
+    value = inputs["value"]
+    grads(run_triton, inputs, 1.0, torch.ones_like(value, dtype=torch.float64))
+    assert devices == [value.device, value.device]  # forward, then backward
+    if value.device.type == "cuda":
+        assert isinstance(guard(value.device), torch.cuda.device)
+    assert guard(torch.device("cuda", 1)).idx == 1
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_inputs_on_a_device_that_is_not_current():
+    inputs = make_inputs(1, 3, 4, 8, 2, torch.float32, seed=5, device="cuda:1")
+    with torch.cuda.device(0):
+        got = grads(run_triton, inputs, 1.0,
+                    torch.ones(1, 3, 4, 8, dtype=torch.float64, device="cuda:1"))
+        out = run_triton(inputs, 1.0)
+    torch.testing.assert_close(out.double(), oracle(inputs, 1.0), atol=2e-5, rtol=2e-5)
+    assert all(g.device == torch.device("cuda", 1) for g in got.values())

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <barrier>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <thread>
 #include <tuple>
@@ -19,6 +20,12 @@
 #define __global__
 #define __device__
 #define __forceinline__ inline
+#define __launch_bounds__(...)
+
+struct uint4 {
+  unsigned x, y, z, w;
+};
+inline void __stwb(uint4* p, uint4 v) { *p = v; }
 
 struct EmulatedDim3 {
   unsigned x = 0, y = 1, z = 1;
@@ -65,16 +72,14 @@ namespace {
 
 using namespace stable_sam_ops::cuda_detail;
 
-constexpr int kThreads = 64;  // two warps per block: shuffles never cross a warp
-
+// The launchers' block size and grid (blocks_for), with max_blocks in place of kMaxBlocks.
 template <typename Kernel, typename... Args>
 void emulate_launch(int64_t n_threads, int64_t max_blocks, Kernel kernel, Args... args) {
-  const int64_t wanted = (n_threads + kThreads - 1) / kThreads;
-  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(wanted, max_blocks));
+  const int64_t blocks = blocks_for(n_threads, max_blocks);
   gridDim.x = static_cast<unsigned>(blocks);
-  blockDim.x = kThreads;
+  blockDim.x = kThreadsPerBlock;
   for (int64_t b = 0; b < blocks; ++b) {
-    for (int warp_start = 0; warp_start < kThreads; warp_start += kWarpSize) {
+    for (int warp_start = 0; warp_start < kThreadsPerBlock; warp_start += kWarpSize) {
       EmulatedWarp warp;
       std::vector<std::thread> lanes;
       for (int lane = 0; lane < kWarpSize; ++lane) {
@@ -101,9 +106,11 @@ std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t) {
   return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
 }
 
-// The launchers' choices are explicit arguments here, so tests cover every combination:
-// vectorize (16-byte packs), index64 (64-bit indices), max_blocks (a small cap forces the
-// grid-stride loops to wrap).
+// The launchers' choices that depend on pointers or sizes beyond a test's reach are explicit
+// arguments here, so tests cover every combination: vectorize (16-byte packs), index64 (64-bit
+// indices; the launchers take plan_backward_query's / fits_int32's answer, which
+// launch_plan below exposes), max_blocks (a small cap forces the grid-stride loops to wrap).
+// Everything else follows the launchers: block size, lanes per group, allocation of outputs.
 at::Tensor forward(at::Tensor value, at::Tensor offset, std::optional<at::Tensor> amplitude,
                    std::optional<at::Tensor> residual, std::optional<at::Tensor> alpha,
                    double offset_scale, bool vectorize, bool index64, int64_t max_blocks) {
@@ -158,16 +165,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
                 G = offset.size(3);
   const int64_t n_qg = B * H * W * G;
   const auto acc_dtype = value.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor grad_value_acc = at::zeros(value.sizes(), value.options().dtype(acc_dtype));
-  at::Tensor grad_value = at::zeros_like(value);
-  at::Tensor grad_offset = at::empty_like(offset);
-  at::Tensor grad_amplitude = amplitude ? at::empty_like(*amplitude) : value.new_empty({0});
-  at::Tensor grad_residual = residual ? at::empty_like(*residual) : value.new_empty({0});
-  at::Tensor alpha_partials = at::empty({B, H * W * G, 2}, value.options().dtype(acc_dtype));
   if (n_qg == 0) {
-    return {grad_value, grad_offset, grad_amplitude, grad_residual,
+    return {at::zeros_like(value), at::empty_like(offset),
+            amplitude ? at::empty_like(*amplitude) : value.new_empty({0}),
+            residual ? at::empty_like(*residual) : value.new_empty({0}),
             alpha ? at::zeros_like(*alpha) : value.new_empty({0})};
   }
+  // The launcher's empty_like outputs hold whatever the GPU allocator hands back; NaN here (and
+  // a plausible corner (0, 0) with NaN coefficients in the sample cache) makes any element a
+  // kernel leaves unwritten show in the result instead of passing as 0.
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  at::Tensor grad_value_acc;
+  at::Tensor grad_value;
+  at::Tensor sample_corner, sample_coef;
+  if (deterministic) {
+    grad_value = at::full_like(value, nan);
+    sample_corner = at::zeros({n_qg, 2}, value.options().dtype(at::kInt));
+    sample_coef = at::full({n_qg, 4}, nan, value.options().dtype(acc_dtype));
+  } else {
+    grad_value_acc = at::zeros(value.sizes(), value.options().dtype(acc_dtype));
+  }
+  at::Tensor grad_offset = at::full_like(offset, nan);
+  at::Tensor grad_amplitude = amplitude ? at::full_like(*amplitude, nan) : value.new_empty({0});
+  at::Tensor grad_residual = residual ? at::full_like(*residual, nan) : value.new_empty({0});
+  at::Tensor alpha_partials = at::full({B, H * W * G, 2}, nan, value.options().dtype(acc_dtype));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "emu_bwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     constexpr int VEC = 16 / sizeof(scalar_t);
@@ -176,11 +197,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
       using index_t = typename decltype(index_tag)::type;
       TORCH_CHECK((C / G) % V == 0, "emulation: Cg must be a multiple of the pack");
       const int64_t n_vec = C / G / V;
-      const int lanes_log2 = backward_lanes_log2(n_vec);
-      const int64_t n = n_qg << lanes_log2;
+      const auto plan = plan_backward_query(n_qg, n_vec, value.numel(), offset.numel());
       emulate_launch(
-          n, max_blocks, deformable_sample_backward_query_kernel_impl<scalar_t, V, index_t>,
-          static_cast<index_t>(n), lanes_log2, grad_out.const_data_ptr<scalar_t>(),
+          plan.n_threads, max_blocks,
+          deformable_sample_backward_query_kernel_impl<scalar_t, V, index_t>,
+          static_cast<index_t>(plan.n_threads), plan.lanes_log2,
+          grad_out.const_data_ptr<scalar_t>(),
           value.const_data_ptr<scalar_t>(), offset.const_data_ptr<scalar_t>(),
           ptr_or_null<scalar_t>(amplitude), ptr_or_null<scalar_t>(residual),
           ptr_or_null<scalar_t>(alpha),
@@ -188,17 +210,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
           grad_offset.mutable_data_ptr<scalar_t>(),
           amplitude ? grad_amplitude.mutable_data_ptr<scalar_t>() : nullptr,
           residual ? grad_residual.mutable_data_ptr<scalar_t>() : nullptr,
-          alpha ? alpha_partials.mutable_data_ptr<acc_t>() : nullptr, static_cast<index_t>(H),
-          static_cast<index_t>(W), static_cast<index_t>(C), static_cast<index_t>(G),
-          static_cast<acc_t>(offset_scale));
+          alpha ? alpha_partials.mutable_data_ptr<acc_t>() : nullptr,
+          SampleCache<acc_t>{deterministic ? sample_corner.mutable_data_ptr<int32_t>() : nullptr,
+                             deterministic ? sample_coef.mutable_data_ptr<acc_t>() : nullptr},
+          static_cast<index_t>(H), static_cast<index_t>(W), static_cast<index_t>(C),
+          static_cast<index_t>(G), static_cast<acc_t>(offset_scale));
       if (deterministic) {
         const int64_t ng = n_qg * n_vec;
         emulate_launch(ng, max_blocks,
                        deformable_sample_backward_gather_value_kernel_impl<scalar_t, V>, ng,
-                       grad_out.const_data_ptr<scalar_t>(), offset.const_data_ptr<scalar_t>(),
-                       ptr_or_null<scalar_t>(amplitude), ptr_or_null<scalar_t>(alpha),
+                       grad_out.const_data_ptr<scalar_t>(),
+                       sample_corner.const_data_ptr<int32_t>(), sample_coef.const_data_ptr<acc_t>(),
                        grad_value.mutable_data_ptr<scalar_t>(), H, W, C, G,
-                       gather_radius(offset_scale, H, W), static_cast<acc_t>(offset_scale));
+                       gather_radius(offset_scale, H, W));
       }
     };
     using VV = std::integral_constant<int, VEC>;
@@ -216,10 +240,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   return {grad_value, grad_offset, grad_amplitude, grad_residual, grad_alpha};
 }
 
+// The launchers' index width for the backward query kernel and the forward kernel, from
+// shapes alone: meta tensors give the sizes at the int32 boundary without allocating them.
+std::tuple<bool, bool> launch_plan_index32(const at::Tensor& value, const at::Tensor& offset,
+                                           bool vectorize) {
+  const int64_t C = value.size(3), G = offset.size(3);
+  const int64_t n_qg = value.size(0) * value.size(1) * value.size(2) * G;
+  const int64_t vec = vectorize ? 16 / value.element_size() : 1;
+  const bool forward32 = forward_fits_int32(n_qg, C / G, value.numel(), offset.numel());
+  const bool backward32 =
+      plan_backward_query(n_qg, C / G / vec, value.numel(), offset.numel()).index32;
+  return {forward32, backward32};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "The CUDA kernels of stable_sam_ops run on CPU under an emulated CUDA model (tests)";
   m.def("forward", &forward);
   m.def("backward", &backward);
+  m.def("launch_plan_index32", &launch_plan_index32);
 }
