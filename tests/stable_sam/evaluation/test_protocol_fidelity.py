@@ -60,7 +60,7 @@ class RecordingPredictor:
     """A SamPredictor stand-in that logs every prompt it is asked about, per image."""
 
     class model:
-        mask_threshold = 0.0
+        mask_threshold = 0.5
 
     def __init__(self):
         self.transform = ResizeLongestSide(128)
@@ -72,8 +72,16 @@ class RecordingPredictor:
         self.image_value = int(image[0, 0, 0])
 
     def _logits(self, prompt):
+        """1 on the answer, exactly the threshold on the ring around it, 0 elsewhere: only
+        `logits > model.mask_threshold` gives the answer back."""
         self.calls.append((self.image_value, prompt))
-        return np.where(_answer(prompt), 1.0, -1.0).astype(np.float32)
+        answer = _answer(prompt)
+        ring = np.zeros_like(answer)
+        ring[1:] |= answer[:-1]
+        ring[:-1] |= answer[1:]
+        ring[:, 1:] |= answer[:, :-1]
+        ring[:, :-1] |= answer[:, 1:]
+        return np.where(answer, 1.0, np.where(ring, 0.5, 0.0)).astype(np.float32)
 
     def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
                 multimask_output=True, return_logits=False):

@@ -114,6 +114,18 @@ def test_plugin_keys_are_the_papers_blend_of_the_written_out_parts(use_routing):
     assert not torch.allclose(keys, x_p) and not torch.allclose(keys, x_star)
 
 
+def test_defaults_are_the_documented_design():
+    c = PluginConfig()
+    assert (c.num_groups, c.offset_scale, c.routing_hidden_dim, c.dwconv_kernel_size) == (8, 4.0, 16, 5)
+    assert c.use_amplitude and c.use_routing and c.embed_dim == 256
+    # s_p reaches the sampling: a saturated offset moves a point by exactly s_p grid pixels
+    plugins = StableSamPlugins()
+    offset = torch.zeros(1, 2, 3, 8, 2)
+    offset[..., 0] = 50.0
+    locations = plugins.sampling_locations(offset)
+    torch.testing.assert_close(locations[0, 1, 2, 0], torch.tensor([2.0 + 4.0, 1.0]))
+
+
 @pytest.mark.parametrize("model_type", ["vit_b", "vit_l", "vit_h"])
 def test_parameter_count_is_exactly_83307(model_type):
     with torch.device("meta"):  # shapes only: no memory, no init time
