@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 T = "tests/stable_sam/"
 COMPOSITION = T + "modeling/test_plugin_composition.py"
-ROUTING = T + "modeling/test_modeling.py::test_routing_reads_the_output_mask_token_after_layer2_self_attention"
+ROUTING = (T + "modeling/test_modeling.py::"
+           "test_routing_reads_the_output_mask_token_after_layer2_self_attention")
 BLEND = T + "modeling/test_plugins.py"
 NOISE = T + "data/test_prompts.py"
 FIDELITY = T + "training/test_trainer_fidelity.py"
@@ -170,8 +171,7 @@ MUTATIONS = [
     M("default_twelve_epochs", "stable_sam/training/config.py", "    epochs: int = 1\n",
       "    epochs: int = 12\n", (CONFIG,), "12 epochs by default"),
     M("pt_sam_no_rts_uses_rts", "stable_sam/training/baselines.py",
-      'for _robust, _suffix, _prompts in ((True, "", "RTS"), (False, "_no_rts", "high-quality prompts")):',
-      'for _robust, _suffix, _prompts in ((True, "", "RTS"), (True, "_no_rts", "high-quality prompts")):',
+      '(False, "_no_rts", "high-quality prompts")', '(True, "_no_rts", "high-quality prompts")',
       (T + "training/test_baselines.py", FIDELITY),
       "DT-SAM / PT-SAM without RTS still train with RTS"),
     # ------------------------------------------------------------------ evaluation
@@ -181,7 +181,8 @@ MUTATIONS = [
       '[Prompt.from_json(target["prompts"][kind][0])]', (PROTOCOL,),
       "evaluation skips the last prompt of each target"),
     M("eval_drops_an_image", "stable_sam/evaluation/protocol.py",
-      "indices = range(rank, len(dataset), world)", "indices = range(rank, len(dataset) - 1, world)",
+      "indices = range(rank, len(dataset), world)",
+      "indices = range(rank, len(dataset) - 1, world)",
       (PROTOCOL,), "evaluation skips the last image"),
     M("eval_drops_a_target", "stable_sam/evaluation/protocol.py",
       'for target in entry["targets"]:', 'for target in entry["targets"][:1]:', (PROTOCOL,),

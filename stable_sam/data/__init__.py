@@ -30,7 +30,8 @@ from stable_sam.data.transforms import (
 
 __all__ = [
     "CocoInstanceDataset", "HQSegDataset", "hqseg44k_datasets", "hqseg44k_roots",
-    "paste_behind", "paste_occluder", "synthesize_occlusion", "POINT_KINDS", "PROMPT_KINDS", "Prompt", "RTSConfig", "WITHOUT_RTS", "box_iou",
+    "paste_behind", "paste_occluder", "synthesize_occlusion", "POINT_KINDS", "PROMPT_KINDS",
+    "Prompt", "RTSConfig", "WITHOUT_RTS", "box_iou",
     "coarse_mask", "gt_box", "make_prompt", "mask_to_low_res_logits", "noisy_box",
     "positive_points", "prompt_rng", "sample_training_prompt", "make_synthetic_dataset",
     "Jittered", "image_to_sam_input", "large_scale_jitter", "pad_bottom_right",

@@ -304,7 +304,7 @@ class RTSConfig:
         default_factory=lambda: {kind: 1.0 for kind in PROMPT_KINDS})
     noise_scale: float = 0.4  # noisy-box noise scale s (paper: 0.4)
     noisy_box_iou_range: tuple[float, float] = (0.5, 1.0)  # paper §9: IoU >= 0.5 with the GT box
-    occlusion_probability: float = 0.0  # chance a trainer pastes an occluder (paper's RTS: >0)
+    occlusion_probability: float = 0.0  # chance a trainer pastes another object (RTS: > 0)
     model_image_size: int = 1024  # SAM's input size; sets the coarse-mask logits' size
 
     def __post_init__(self):

@@ -99,7 +99,7 @@ def freeze_prompts(dataset, kinds: Sequence[str] = HQSEG_KINDS, prompts_per_imag
         images.append({"index": index, "name": sample["name"], "targets": targets})
     return {"dataset": dataset.name, "num_images": len(dataset), "kinds": list(kinds),
             "prompts_per_image": prompts_per_image, "seed": seed, "noise_scale": noise_scale,
-            "images": images}
+            "noisy_box_iou_range": list(NOISY_BOX_EVAL_IOU_RANGE), "images": images}
 
 
 def save_prompts(path: str | os.PathLike, frozen: dict | Sequence[dict]) -> Path:

@@ -312,7 +312,7 @@ def test_evaluation_noisy_boxes_have_no_iou_filter_and_nbox_keeps_its_range():
 
     frozen = freeze_prompts(One(), ["noisy_box", "nbox_0.5-0.6"], prompts_per_image=1500)
     target = frozen["images"][0]["targets"][0]["prompts"]
-    assert frozen["noise_scale"] == 0.4
+    assert frozen["noise_scale"] == 0.4 and frozen["noisy_box_iou_range"] == [0.0, 1.0]
     gt = gt_box(_rect_mask())
     boxes = [p["box"] for p in target["noisy_box"]]
     ious = np.array([box_iou(b, gt) for b in boxes])
