@@ -10,8 +10,8 @@
 
 "Without RTS" is training as SAM and HQ-SAM are, on high-quality prompts only: GT boxes, 10
 points and coarse masks, nothing occluded (`stable_sam.data.prompts.WITHOUT_RTS`). Table 2's
-DT-SAM and PT-SAM rows are the `*_no_rts` trainings at 12 epochs (they equal Table 6's
-"without RTS" rows); Table 6's "with RTS" PT-SAM is `pt_sam` at 12 epochs.
+DT-SAM and PT-SAM rows are the `*_no_rts` trainings at 12 epochs (its PT-SAM row is Table 6's
+"without RTS" PT-SAM); Table 6's "with RTS" PT-SAM is `pt_sam` at 12 epochs.
 
 The image and prompt encoders never train. Parameters are picked by name from
 `StableSam.named_parameters()`, so the same selection names the tensors saved in checkpoints.
