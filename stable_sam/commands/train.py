@@ -30,7 +30,8 @@ from . import CliError
 
 HELP = "train the Stable-SAM plugins (or the DT-SAM / PT-SAM baselines) with robust prompts"
 
-METHODS = ("stable_sam", "stable_sam_no_drp", "stable_sam_no_rts", "dt_sam", "pt_sam")
+METHODS = ("stable_sam", "stable_sam_no_drp", "stable_sam_no_rts", "stable_sam_no_drp_no_rts",
+           "dt_sam", "dt_sam_no_rts", "pt_sam", "pt_sam_no_rts")
 MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "tiny")
 
 # (flag dest, TrainConfig field): flags left at None do not override the layers below them.
@@ -51,7 +52,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "train", help=HELP, description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--preset", choices=("tiny",), help="a named starting config")
+    parser.add_argument("--preset", choices=("epochs12", "tiny"), help="a named starting config")
     parser.add_argument("--config", metavar="JSON",
                         help="TrainConfig fields as a JSON file or an inline JSON object")
     parser.add_argument("--model-type", choices=MODEL_TYPES, default=None)
@@ -65,7 +66,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--hqseg44k-root", metavar="DATA_ROOT", default=None,
                         help="HQ-SAM's data/ folder: train on HQSeg-44K's seven training sets")
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps (overrides --epochs)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 12)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 1)")
     parser.add_argument("--batch-size", type=int, default=None, help="images per process and step")
     parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
     parser.add_argument("--loss", choices=("points", "full"), default=None)

@@ -285,28 +285,26 @@ def make_prompt(kind: str, mask: np.ndarray, rng: np.random.Generator,
     raise ValueError(f"kind must be one of {PROMPT_KINDS}, is {kind!r}")
 
 
+# Training "without RTS" (Table 5 and 6): the high-quality prompts SAM and HQ-SAM train with,
+# GT boxes, 10 points and coarse masks, and no synthetic occlusion. RTSConfig fields.
+WITHOUT_RTS: dict = {"weights": {"box": 1.0, "points10": 1.0, "coarse_mask": 1.0},
+                     "occlusion_probability": 0.0}
+
+
 @dataclasses.dataclass
 class RTSConfig:
     """Robust training strategy: which prompt kinds to draw and how often.
 
     A kind with weight 0 is switched off. The default mixes every kind the paper's RTS lists
-    (GT box, noisy box at scale 0.4 with IoU >= 0.5, 1/3/5/10 points, coarse masks);
-    `RTSConfig.hq_sam()` is HQ-SAM's training mix (box, 10 points, coarse mask) for the
-    "without RTS" baselines.
+    (GT box, noisy box at scale 0.4 with IoU >= 0.5, 1/3/5/10 points, coarse masks) with equal
+    weights: the paper gives none. `RTSConfig.hq_sam()` is training without RTS (WITHOUT_RTS).
     """
 
-    weights: dict[str, float] = dataclasses.field(default_factory=lambda: {
-        "box": 1.0,  # the high-quality prompt SAM was trained with
-        "noisy_box": 2.0,  # the prompt Stable-SAM is built for; drawn twice as often
-        "points1": 1.0,
-        "points3": 1.0,
-        "points5": 1.0,
-        "points10": 1.0,
-        "coarse_mask": 1.0,
-    })
+    weights: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {kind: 1.0 for kind in PROMPT_KINDS})
     noise_scale: float = 0.4  # noisy-box noise scale s (paper: 0.4)
-    noisy_box_iou_range: tuple[float, float] = (0.5, 1.0)  # paper: IoU >= 0.5 with the GT box
-    occlusion_probability: float = 0.0  # chance a trainer pastes an occluder (paper's RTS: >0)
+    noisy_box_iou_range: tuple[float, float] = (0.5, 1.0)  # paper §9: IoU >= 0.5 with the GT box
+    occlusion_probability: float = 0.0  # chance a trainer pastes another object (RTS: > 0)
     model_image_size: int = 1024  # SAM's input size; sets the coarse-mask logits' size
 
     def __post_init__(self):
@@ -323,7 +321,10 @@ class RTSConfig:
 
     @classmethod
     def hq_sam(cls, **overrides) -> "RTSConfig":
-        return cls(weights={"box": 1.0, "points10": 1.0, "coarse_mask": 1.0}, **overrides)
+        """Training without RTS: WITHOUT_RTS's prompts, over `overrides` of other fields."""
+        fields = {**overrides, **WITHOUT_RTS}
+        fields["weights"] = dict(WITHOUT_RTS["weights"])
+        return cls(**fields)
 
     def enabled_kinds(self) -> list[str]:
         return [k for k in PROMPT_KINDS if self.weights.get(k, 0.0) > 0]

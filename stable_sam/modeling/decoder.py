@@ -18,7 +18,12 @@ from segment_anything.modeling.transformer import Attention, TwoWayAttentionBloc
 KeysFn = Callable[[Tensor, Tensor], Tensor]
 
 PLUGIN_LAYER = 1  # transformer.layers[1], the second two-way block (paper Fig. 3)
-OUTPUT_MASK_TOKEN = 1  # t_o: SAM's single-mask output token; 0 is the IoU token
+# t_o (paper eq. 5, "the prompt token feature corresponding to the output mask"): decoder token
+# 1, SAM's single-mask token (token 0 is the IoU token). It stays t_o with
+# multimask_output=True, whose masks come from tokens 2-4: the routing weights are one pair per
+# prompt, shared by every output token's attention, and the DRP is trained on this token only
+# (the training loss reads the single mask), so another token would feed it unseen inputs.
+OUTPUT_MASK_TOKEN = 1
 
 
 def attention_probs(attn: Attention, q: Tensor, k: Tensor) -> Tensor:

@@ -1,10 +1,17 @@
-"""Which parameters each training method updates (the paper's Table 2, 5 and 6 variants).
+"""Which parameters each training method updates and with which prompts (the paper's Table 2,
+5 and 6 variants).
 
-  stable_sam         DSP + DRP plugins only (SAM frozen), prompts from the robust training strategy
-  stable_sam_no_drp  the plugins without dynamic routing (PluginConfig.use_routing = False)
-  stable_sam_no_rts  the plugins, trained on ground-truth boxes only (no RTS)
-  dt_sam             SAM's whole mask decoder (decoder tuning), no plugins
-  pt_sam             SAM's output mask token and its hypernetwork MLP (prompt tuning), no plugins
+  stable_sam                DSP + DRP plugins only (SAM frozen), robust training strategy (RTS)
+  stable_sam_no_drp         the plugins without dynamic routing (PluginConfig.use_routing = False)
+  stable_sam_no_rts         the plugins, trained without RTS
+  stable_sam_no_drp_no_rts  DSP alone, without RTS (Table 5's "+ DSP" row)
+  dt_sam, dt_sam_no_rts     SAM's whole mask decoder (decoder tuning), no plugins
+  pt_sam, pt_sam_no_rts     SAM's output mask token and its hypernetwork MLP (prompt tuning)
+
+"Without RTS" is training as SAM and HQ-SAM are, on high-quality prompts only: GT boxes, 10
+points and coarse masks, nothing occluded (`stable_sam.data.prompts.WITHOUT_RTS`). Table 2's
+DT-SAM and PT-SAM rows are the `*_no_rts` trainings at 12 epochs (its PT-SAM row is Table 6's
+"without RTS" PT-SAM); Table 6's "with RTS" PT-SAM is `pt_sam` at 12 epochs.
 
 The image and prompt encoders never train. Parameters are picked by name from
 `StableSam.named_parameters()`, so the same selection names the tensors saved in checkpoints.
@@ -29,7 +36,7 @@ class MethodSpec:
     name: str
     uses_plugins: bool  # decode with the plugins (False: plain SAM decoder)
     use_routing: bool  # PluginConfig.use_routing for the plugin methods
-    robust_prompts: bool  # False: every training prompt is the ground-truth box
+    robust_prompts: bool  # False: high-quality prompts only (stable_sam.data.prompts.WITHOUT_RTS)
     sam_prefixes: Tuple[str, ...]  # SAM parameter name prefixes that train (besides plugins)
     description: str
 
@@ -48,13 +55,20 @@ METHODS: Dict[str, MethodSpec] = {
         "stable_sam_no_drp", True, False, True, (), "DSP plugin without routing, RTS"
     ),
     "stable_sam_no_rts": MethodSpec(
-        "stable_sam_no_rts", True, True, False, (), "DSP + DRP plugins, ground-truth boxes only"
+        "stable_sam_no_rts", True, True, False, (), "DSP + DRP plugins, high-quality prompts"
     ),
-    "dt_sam": MethodSpec("dt_sam", False, True, True, ("sam.mask_decoder.",),
-                         "SAM mask decoder tuning, RTS"),
-    "pt_sam": MethodSpec("pt_sam", False, True, True, _PT_SAM_PREFIXES,
-                         "SAM output token + its hypernetwork MLP (prompt tuning), RTS"),
+    "stable_sam_no_drp_no_rts": MethodSpec(
+        "stable_sam_no_drp_no_rts", True, False, False, (),
+        "DSP plugin without routing, high-quality prompts"
+    ),
 }
+for _robust, _suffix, _prompts in ((True, "", "RTS"), (False, "_no_rts", "high-quality prompts")):
+    METHODS["dt_sam" + _suffix] = MethodSpec(
+        "dt_sam" + _suffix, False, True, _robust, ("sam.mask_decoder.",),
+        f"SAM mask decoder tuning, {_prompts}")
+    METHODS["pt_sam" + _suffix] = MethodSpec(
+        "pt_sam" + _suffix, False, True, _robust, _PT_SAM_PREFIXES,
+        f"SAM output token + its hypernetwork MLP (prompt tuning), {_prompts}")
 
 
 def get_method(name: str) -> MethodSpec:

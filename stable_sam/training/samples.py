@@ -20,20 +20,16 @@ __all__ = ["TrainingSamples", "load_datasets", "collate", "batches_for_epoch", "
 
 
 def _rts_config(config: TrainConfig, spec: baselines.MethodSpec, image_size: int):
-    from ..data.prompts import RTSConfig
+    from ..data.prompts import RTSConfig, WITHOUT_RTS
 
     fields = dict(config.rts)
     if not spec.robust_prompts:
-        fields.update(_GT_BOX_ONLY)
+        fields.update(WITHOUT_RTS)
     fields["model_image_size"] = image_size  # coarse-mask logits must match this model's input
     check_known_fields(RTSConfig, fields, "rts (RTSConfig)")
     if "noisy_box_iou_range" in fields:
         fields["noisy_box_iou_range"] = tuple(fields["noisy_box_iou_range"])
     return RTSConfig(**fields)
-
-
-# "Without RTS": every prompt is the ground-truth box and nothing is occluded.
-_GT_BOX_ONLY: Dict[str, Any] = {"weights": {"box": 1.0}, "occlusion_probability": 0.0}
 
 
 def _data_pairs(folder: str) -> List[Tuple[Path, Path]]:
@@ -82,7 +78,7 @@ class TrainingSamples(torch.utils.data.Dataset):
         return d, index - int(self.offsets[d])
 
     def __getitem__(self, key: Tuple[int, int]) -> Dict[str, Any]:
-        from ..data.occlusion import paste_occluder
+        from ..data.occlusion import synthesize_occlusion
         from ..data.prompts import prompt_rng, sample_training_prompt
 
         epoch, index = key
@@ -103,8 +99,8 @@ class TrainingSamples(torch.utils.data.Dataset):
             other += other >= index  # any image but this one
             od, olocal = self.locate(other)
             occluder = self.datasets[od][olocal]
-            image, mask = paste_occluder(image, mask, occluder["image"], occluder["mask"],
-                                         occlusion_rng)
+            image, mask = synthesize_occlusion(image, mask, occluder["image"],
+                                               occluder["mask"], occlusion_rng)
         prompt = sample_training_prompt(mask, rng("prompt"), self.rts,
                                         image_size=(self.image_size, self.image_size))
         return {

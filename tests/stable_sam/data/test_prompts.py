@@ -261,3 +261,65 @@ def test_sample_training_prompt_is_deterministic_per_key():
     a = sample_training_prompt(mask, prompt_rng("r", 5, 2), cfg)
     b = sample_training_prompt(mask, prompt_rng("r", 5, 2), cfg)
     assert a.to_json() == b.to_json()
+
+
+# ---------------------------------------------------------------------------- noise distribution
+
+UNIFORM_SD = 0.4 / np.sqrt(3)  # sd of U(-s, s) at the paper's s = 0.4
+
+
+def _relative_noise(boxes, gt):
+    """Per box: centre shifts in half-widths/heights and size changes in widths/heights."""
+    boxes = np.asarray(boxes, np.float64)
+    w, h = gt[2] - gt[0], gt[3] - gt[1]
+    centre = (gt[:2] + gt[2:]) / 2
+    shift = ((boxes[:, :2] + boxes[:, 2:]) / 2 - centre) / (np.array([w, h]) / 2)
+    size = (boxes[:, 2:] - boxes[:, :2]) / np.array([w, h]) - 1
+    return shift, size
+
+
+def _rect_mask():
+    mask = np.zeros((400, 500), bool)  # far from the border: no clipping at scale 0.4
+    mask[150:251, 200:301] = True
+    return mask
+
+
+def test_noisy_box_noise_is_uniform_at_scale_0_4():
+    mask = _rect_mask()
+    boxes = [noisy_box(mask, prompt_rng("n", i, 0), 0.4, iou_range=(0.0, 1.0))
+             for i in range(3000)]
+    shift, size = _relative_noise(boxes, gt_box(mask))
+    for values in (shift, size):
+        assert np.abs(values.mean(0)).max() < 0.015  # 3.5 standard errors
+        np.testing.assert_allclose(values.std(0), UNIFORM_SD, atol=0.01)
+        assert np.abs(values).max() <= 0.4 + 1e-6 and np.abs(values).max(0).min() > 0.39
+    # the four draws are independent
+    corr = np.corrcoef(np.concatenate([shift, size], 1).T)
+    assert np.abs(corr - np.eye(4)).max() < 0.08
+
+
+def test_evaluation_noisy_boxes_have_no_iou_filter_and_nbox_keeps_its_range():
+    from stable_sam.evaluation import freeze_prompts
+
+    class One:
+        name = "one"
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return {"mask": _rect_mask(), "name": "rect"}
+
+    frozen = freeze_prompts(One(), ["noisy_box", "nbox_0.5-0.6"], prompts_per_image=1500)
+    target = frozen["images"][0]["targets"][0]["prompts"]
+    assert frozen["noise_scale"] == 0.4 and frozen["noisy_box_iou_range"] == [0.0, 1.0]
+    gt = gt_box(_rect_mask())
+    boxes = [p["box"] for p in target["noisy_box"]]
+    ious = np.array([box_iou(b, gt) for b in boxes])
+    # every box the noise makes is kept: the same moments as the unfiltered generator, and
+    # the boxes below IoU 0.5 that training would have redrawn
+    shift, size = _relative_noise(boxes, gt)
+    np.testing.assert_allclose(np.concatenate([shift, size], 1).std(0), UNIFORM_SD, atol=0.012)
+    assert 0.06 < (ious < 0.5).mean() < 0.13  # 9.4% at scale 0.4 on this box, 0% if filtered
+    nbox = np.array([box_iou(p["box"], gt) for p in target["nbox_0.5-0.6"]])
+    assert nbox.min() >= 0.5 and nbox.max() < 0.6

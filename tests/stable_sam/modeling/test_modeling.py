@@ -196,12 +196,16 @@ def test_config_must_fit_sam():
         StableSam(tiny_model().sam, PluginConfig(embed_dim=128))
 
 
-def test_routing_reads_the_output_mask_token_after_layer2_self_attention(trained):
+@pytest.mark.parametrize("multimask", [False, True])
+def test_routing_reads_the_output_mask_token_after_layer2_self_attention(trained, multimask):
+    """t_o is mask token 0 (decoder token 1) for single- and multi-mask output alike: the
+    routing weights are one pair per prompt, shared by every output token, and the DRP is
+    trained on token 0 (the training loss sees the single mask)."""
     sparse, dense = prompts(trained, "box", 2)
     emb, pe = embedding(trained), trained.prompt_encoder.get_dense_pe()
     dec = trained.sam.mask_decoder
     with torch.no_grad():
-        *_, extras = _decode(trained, emb, sparse, dense, True, return_extras=True)
+        *_, extras = _decode(trained, emb, sparse, dense, multimask, return_extras=True)
         tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight]).expand(2, -1, -1)
         tokens = torch.cat([tokens, sparse], dim=1)
         image = (emb + dense).flatten(2).permute(0, 2, 1)
@@ -213,4 +217,5 @@ def test_routing_reads_the_output_mask_token_after_layer2_self_attention(trained
         queries = layers[1].norm1(queries + layers[1].self_attn(q=q, k=q, v=queries))
         expected = trained.plugins.drp(queries[:, 1])
     torch.testing.assert_close(extras["alpha"], expected, atol=1e-6, rtol=1e-6)
-    assert not torch.allclose(expected, trained.plugins.drp(queries[:, 0]), atol=1e-4)
+    for other in (0, 2, 3, 4):  # the IoU token and mask tokens 1-3 would route differently
+        assert not torch.allclose(expected, trained.plugins.drp(queries[:, other]), atol=1e-4)

@@ -48,15 +48,6 @@ class TestPluginConfig:
             PluginConfig.from_dict(fields)
 
 
-@pytest.mark.parametrize("model_type", ["vit_b", "vit_l", "vit_h"])
-def test_parameter_count_is_the_papers(model_type):
-    with torch.device("meta"):  # shapes only: no memory, no init time
-        model = StableSam(SAM_BUILDERS[model_type]())
-    count = model.num_trainable_parameters()
-    assert count == sum(p.numel() for p in model.plugins.parameters())
-    assert 50_000 <= count <= 120_000, count
-
-
 def _tokens(n=2, h=7, w=9, c=256, seed=0, dtype=torch.float32):
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(n, h, w, c, generator=gen).to(dtype), torch.randn(n, c, generator=gen).to(

@@ -73,3 +73,18 @@ def test_baseline_weights_file_round_trip(tiny_model, tmp_path):
     path.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="corrupt or not a safetensors file"):
         baselines.load_baseline_weights(fresh, path)
+
+
+@pytest.mark.parametrize("method,twin", [("stable_sam_no_rts", "stable_sam"),
+                                         ("stable_sam_no_drp_no_rts", "stable_sam_no_drp"),
+                                         ("dt_sam_no_rts", "dt_sam"),
+                                         ("pt_sam_no_rts", "pt_sam")])
+def test_without_rts_methods_train_what_their_twins_train(tiny_model, method, twin):
+    spec, twin_spec = baselines.get_method(method), baselines.get_method(twin)
+    assert not spec.robust_prompts and twin_spec.robust_prompts
+    assert (spec.uses_plugins, spec.use_routing, spec.sam_prefixes) == (
+        twin_spec.uses_plugins, twin_spec.use_routing, twin_spec.sam_prefixes)
+    if spec.uses_plugins:  # the plugins' tensors depend on use_routing, compared above
+        return
+    assert ([n for n, _ in baselines.trainable_named_parameters(tiny_model, method)]
+            == [n for n, _ in baselines.trainable_named_parameters(tiny_model, twin)])

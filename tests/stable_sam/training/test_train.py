@@ -144,11 +144,11 @@ def test_samples_do_not_depend_on_workers_or_call_order(shapes):
     assert all(s["image"].shape == (3, 256, 256) and s["mask"].any() for s in a)
 
 
-def test_no_rts_prompts_are_ground_truth_boxes(shapes):
+def test_no_rts_prompts_are_high_quality(shapes):
     config = _config(shapes, "unused", method="stable_sam_no_rts")
     samples = TrainingSamples(load_datasets(config), config, image_size=256)
-    kinds = {samples[(e, i)]["kind"] for e in range(3) for i in range(len(samples))}
-    assert kinds == {"box"}
+    kinds = {samples[(e, i)]["kind"] for e in range(4) for i in range(len(samples))}
+    assert kinds == {"box", "points10", "coarse_mask"}
     robust = TrainingSamples(load_datasets(_config(shapes, "unused")), _config(shapes, "unused"),
                              image_size=256)
     assert len({robust[(e, i)]["kind"] for e in range(3) for i in range(8)}) >= 4

@@ -13,9 +13,32 @@ from stable_sam.training.config import get_lr
 
 def test_defaults_follow_the_paper():
     c = TrainConfig()
-    assert (c.lr, c.weight_decay, c.epochs, c.method, c.loss) == (1e-3, 0.0, 12, "stable_sam", "points")
+    # §5.1: the headline results train the plugins for one epoch, with no lr drop inside it
+    assert (c.lr, c.weight_decay, c.epochs, c.steps) == (1e-3, 0.0, 1, 0)
+    assert c.lr_drop_epochs == [] and (c.method, c.loss) == ("stable_sam", "points")
     assert c.num_points == 112 * 112 and c.oversample_ratio == 3.0
     assert c.importance_sample_ratio == 0.75 and c.lsj_scale == [0.1, 2.0]
+    assert c.rts["occlusion_probability"] > 0  # RTS pastes occluders
+
+
+def test_twelve_epoch_preset_is_table_6s_schedule():
+    c = TrainConfig(**PRESETS["epochs12"])
+    assert (c.epochs, c.lr_drop_epochs) == (12, [10])
+    assert [get_lr(c, s, steps_per_epoch=3) for s in (0, 29, 30, 35)] == pytest.approx(
+        [1e-3, 1e-3, 1e-4, 1e-4])
+
+
+def test_cli_offers_every_method_and_preset():
+    from stable_sam.training import baselines
+
+    args, cmd = _parse(["--preset", "epochs12", "--method", "pt_sam_no_rts"])
+    assert cmd.resolve_config(args).epochs == 12
+    assert sorted(cmd.METHODS) == sorted(baselines.METHODS)
+    parser = argparse.ArgumentParser()
+    cmd.add_parser(parser.add_subparsers(dest="command"))
+    preset_action = next(a for a in parser._subparsers._group_actions[0].choices["train"]._actions
+                         if a.dest == "preset")
+    assert sorted(preset_action.choices) == sorted(PRESETS)
 
 
 @pytest.mark.parametrize("bad,match", [
