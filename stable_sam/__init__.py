@@ -10,14 +10,17 @@ __version__ = "0.1.0"
 
 from .build import build_stable_sam, stable_sam_model_registry
 from .checkpoint import CheckpointError, load_plugins, read_plugin_metadata, save_plugins
-from .modeling import StableSam
+from .modeling import StableHQSam, StableSam
 from .modeling.plugins import PluginConfig, StableSamPlugins
 from .automatic_mask_generator import StableSamAutomaticMaskGenerator
 from .predictor import StableSamPredictor
+from .hq.predictor import StableHQSamPredictor
 
 __all__ = [
     "CheckpointError",
     "PluginConfig",
+    "StableHQSam",
+    "StableHQSamPredictor",
     "StableSam",
     "StableSamAutomaticMaskGenerator",
     "StableSamPlugins",

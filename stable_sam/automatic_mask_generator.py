@@ -2,13 +2,13 @@
 
 segment_anything's generator builds `SamPredictor(model)` itself, and SamPredictor calls
 `model.mask_decoder` directly, which for a StableSam is SAM's plain decoder. This subclass
-swaps in a StableSamPredictor, so the plugins take part.
+swaps in a StableSamPredictor (StableHQSamPredictor on HQ-SAM), so the plugins take part.
 """
 
 from segment_anything import SamAutomaticMaskGenerator
 
 from .modeling import StableSam
-from .predictor import StableSamPredictor
+from .predictor import predictor_for
 
 
 class StableSamAutomaticMaskGenerator(SamAutomaticMaskGenerator):
@@ -16,4 +16,4 @@ class StableSamAutomaticMaskGenerator(SamAutomaticMaskGenerator):
 
     def __init__(self, model: StableSam, *args, **kwargs) -> None:
         super().__init__(model, *args, **kwargs)
-        self.predictor = StableSamPredictor(model)
+        self.predictor = predictor_for(model)  # StableHQSamPredictor for an HQ model

@@ -15,8 +15,10 @@ from segment_anything.modeling import (
 )
 
 from .checkpoint import load_plugins, load_sam_checkpoint, read_plugin_metadata
+from .hq.build import HQ_SAM_BUILDERS, TINY_HQ_MODEL_TYPE
 from .modeling import StableSam
 from .modeling.plugins import PluginConfig
+from .modeling.stable_hq_sam import StableHQSam
 
 TINY_SEED = 0  # the tiny SAM is random but the same on every build
 
@@ -68,7 +70,9 @@ SAM_BUILDERS: Dict[str, Callable[[], Sam]] = {
     "vit_l": lambda: sam_model_registry["vit_l"](checkpoint=None),
     "vit_h": lambda: sam_model_registry["vit_h"](checkpoint=None),
     "tiny": build_tiny_sam,
+    **HQ_SAM_BUILDERS,  # hq_vit_b, hq_vit_l, hq_vit_h, hq_vit_tiny, hq_tiny
 }
+RANDOM_MODEL_TYPES = ("tiny", TINY_HQ_MODEL_TYPE)  # built random on purpose, no checkpoint
 
 
 def build_stable_sam(
@@ -82,8 +86,10 @@ def build_stable_sam(
     """Builds Stable-SAM for a SAM backbone.
 
     Arguments:
-      model_type (str): "vit_b", "vit_l", "vit_h" or "tiny" (random, for tests/demos).
-      sam_checkpoint (str or None): official SAM weights (sam_vit_b_01ec64.pth, ...), loaded with
+      model_type (str): "vit_b", "vit_l", "vit_h" or "tiny" (random, for tests/demos); HQ-SAM:
+        "hq_vit_b", "hq_vit_l", "hq_vit_h", "hq_vit_tiny" (Light HQ-SAM) or "hq_tiny" (random).
+      sam_checkpoint (str or None): official SAM weights (sam_vit_b_01ec64.pth, ...; for HQ-SAM
+        sam_hq_vit_l.pth, ...), loaded with
         weights_only=True, strictly. None leaves SAM randomly initialised (with a warning).
       plugin_checkpoint (str or None): plugin weights from `save_plugins`. None: plugins at their
         identity initialisation (Stable-SAM == SAM until trained).
@@ -97,13 +103,14 @@ def build_stable_sam(
     sam = SAM_BUILDERS[model_type]()
     if sam_checkpoint is not None:
         load_sam_checkpoint(sam, sam_checkpoint)
-    elif model_type != "tiny":
+    elif model_type not in RANDOM_MODEL_TYPES:
         warnings.warn(
             f"build_stable_sam: no sam_checkpoint given, SAM {model_type} is randomly initialised",
             UserWarning,
             stacklevel=2,
         )
-    model = StableSam(sam, plugin_config, model_type=model_type, op_backend=op_backend)
+    model_class = StableHQSam if model_type in HQ_SAM_BUILDERS else StableSam
+    model = model_class(sam, plugin_config, model_type=model_type, op_backend=op_backend)
     if plugin_checkpoint is not None:
         load_plugins(model, plugin_checkpoint)
     return model

@@ -8,6 +8,7 @@ from torch import Tensor
 from segment_anything import SamPredictor
 
 from .modeling import StableSam
+from .modeling.stable_hq_sam import StableHQSam
 
 
 class StableSamPredictor(SamPredictor):
@@ -117,3 +118,22 @@ class StableSamPredictor(SamPredictor):
         if return_extras:
             return masks, iou_predictions, low_res_masks, decoded[2]
         return masks, iou_predictions, low_res_masks
+
+
+def predictor_for(model: StableSam) -> StableSamPredictor:
+    """The model's predictor: StableHQSamPredictor for Stable-SAM on HQ-SAM (its decoder also
+    reads the encoder's early features), StableSamPredictor otherwise."""
+    if isinstance(model, StableHQSam):
+        from .hq.predictor import StableHQSamPredictor
+
+        return StableHQSamPredictor(model)
+    return StableSamPredictor(model)
+
+
+def sam_predictor_for(model: StableSam) -> SamPredictor:
+    """A plain predictor over the model's own frozen SAM (HQ-SAM's for an HQ model)."""
+    if isinstance(model, StableHQSam):
+        from .hq.build import import_segment_anything_hq
+
+        return import_segment_anything_hq().SamPredictor(model.sam)
+    return SamPredictor(model.sam)

@@ -12,7 +12,9 @@ import numpy as np
 
 from . import CliError
 
-MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "tiny")
+MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "tiny",
+               "hq_vit_b", "hq_vit_l", "hq_vit_h", "hq_vit_tiny", "hq_tiny")
+RANDOM_MODEL_TYPES = ("tiny", "hq_tiny")  # random on purpose: no checkpoint needed
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +22,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--model-type",
         choices=MODEL_TYPES,
         default="vit_b",
-        help="SAM backbone (default vit_b); 'tiny' is a random SAM for demos",
+        help="SAM backbone (default vit_b), hq_* for HQ-SAM; 'tiny' and 'hq_tiny' are random "
+        "models for demos",
     )
     parser.add_argument("--sam-checkpoint", help="official SAM weights, e.g. sam_vit_b_01ec64.pth")
     parser.add_argument(
@@ -69,11 +72,11 @@ def build_model(args):
         if path is not None and not os.path.isfile(path):
             raise CliError(f"{flag} {path!r}: no such file")
     if args.sam_checkpoint is None:
-        if args.model_type != "tiny":
+        if args.model_type not in RANDOM_MODEL_TYPES:
             raise CliError(f"--sam-checkpoint is required for --model-type {args.model_type}")
         print(
-            "WARNING: --model-type tiny without --sam-checkpoint is a RANDOMLY INITIALISED SAM; "
-            "its masks are meaningless (demo/test use only).",
+            f"WARNING: --model-type {args.model_type} without --sam-checkpoint is a RANDOMLY "
+            "INITIALISED SAM; its masks are meaningless (demo/test use only).",
             file=sys.stderr,
         )
     try:

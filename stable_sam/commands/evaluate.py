@@ -82,13 +82,11 @@ def _init_distributed():
 
 
 def build_predictor(args):
-    from segment_anything import SamPredictor
-
-    from ..predictor import StableSamPredictor
+    from ..predictor import predictor_for, sam_predictor_for
     from ._common import build_model
 
     model = build_model(args)
-    return SamPredictor(model.sam) if args.no_plugins else StableSamPredictor(model)
+    return sam_predictor_for(model) if args.no_plugins else predictor_for(model)
 
 
 def frozen_prompts_for(datasets: list, args, default_kinds, rank: int,

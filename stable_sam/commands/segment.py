@@ -24,13 +24,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     import torch
 
-    from ..predictor import StableSamPredictor
+    from ..predictor import predictor_for
 
     image = _common.load_image(args.image)
     prompts = _common.parse_prompts(args, image.shape)
     out_dir = _common.prepare_out_dir(args.out_dir)
     model = _common.build_model(args)
-    predictor = StableSamPredictor(model)
+    predictor = predictor_for(model)
     with torch.inference_mode():
         predictor.set_image(image)
         mask, score, _ = _common.predict(

@@ -27,12 +27,12 @@ import os
 import sys
 
 from . import CliError
+from ._common import MODEL_TYPES, RANDOM_MODEL_TYPES
 
 HELP = "train the Stable-SAM plugins (or the DT-SAM / PT-SAM baselines) with robust prompts"
 
 METHODS = ("stable_sam", "stable_sam_no_drp", "stable_sam_no_rts", "stable_sam_no_drp_no_rts",
            "dt_sam", "dt_sam_no_rts", "pt_sam", "pt_sam_no_rts")
-MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "tiny")
 
 # (flag dest, TrainConfig field): flags left at None do not override the layers below them.
 _FLAG_FIELDS = {
@@ -151,7 +151,7 @@ def run(args) -> int:
     config = resolve_config(args)
     if args.preset == "tiny" and not config.data and config.hqseg44k_root is None:
         _demo_data(config)
-    if config.sam_checkpoint is None and config.model_type != "tiny":
+    if config.sam_checkpoint is None and config.model_type not in RANDOM_MODEL_TYPES:
         raise CliError(f"--sam-checkpoint is required for --model-type {config.model_type}")
     for flag, path in (("--sam-checkpoint", config.sam_checkpoint),
                        ("--plugin-checkpoint", config.plugin_checkpoint)):

@@ -74,7 +74,7 @@ def _panel(image, mask, prompts, points, weights, max_weight, title, color):
 def run(args) -> int:
     import torch
 
-    from ..predictor import StableSamPredictor
+    from ..predictor import predictor_for
 
     if args.top_k < 1:
         raise _common.CliError(f"--top-k must be >= 1, is {args.top_k}")
@@ -82,7 +82,7 @@ def run(args) -> int:
     prompts = _common.parse_prompts(args, image.shape)
     out_dir = _common.prepare_out_dir(args.out_dir)
     model = _common.build_model(args)
-    predictor = StableSamPredictor(model)
+    predictor = predictor_for(model)
     with torch.inference_mode():
         predictor.set_image(image)
         views = [

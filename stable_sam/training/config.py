@@ -19,7 +19,9 @@ class TrainConfig:
     """Everything a run depends on; saved as a dict inside every checkpoint."""
 
     # --- model
-    model_type: str = "vit_l"  # SAM backbone (vit_b | vit_l | vit_h | tiny); the paper uses ViT-L
+    # SAM backbone (vit_b | vit_l | vit_h | tiny) or HQ-SAM (hq_vit_b | hq_vit_l | hq_vit_h |
+    # hq_vit_tiny | hq_tiny); the paper uses ViT-L
+    model_type: str = "vit_l"
     sam_checkpoint: Optional[str] = None  # official SAM weights; None = random init (tests only)
     plugin_checkpoint: Optional[str] = None  # warm-start the plugins from a save_plugins file
     method: str = "stable_sam"  # see stable_sam.training.baselines.METHODS

@@ -51,8 +51,13 @@ class PromptedDecoder(nn.Module):
         self.model = model
         self.uses_plugins = uses_plugins
 
-    def forward(self, image_embeddings: Tensor, prompts: List[Dict[str, Optional[Tensor]]]) -> Tensor:
+    def forward(self, image_embeddings, prompts: List[Dict[str, Optional[Tensor]]]) -> Tensor:
+        """image_embeddings: the image encoder's output, (N, C, h, w), or for HQ-SAM the tuple
+        (embeddings, interm_embeddings); prompts: one per image. Returns (N, 1, 4h, 4w) logits."""
         model = self.model
+        early_features = None
+        if isinstance(image_embeddings, tuple):  # HQ-SAM's encoder: (embeddings, interm list)
+            image_embeddings, early_features = image_embeddings[0], image_embeddings[1][0]
         n = image_embeddings.shape[0]
         image_pe = model.prompt_encoder.get_dense_pe()
         groups: Dict[Tuple, List[int]] = {}
@@ -64,9 +69,12 @@ class PromptedDecoder(nn.Module):
                                                   image_embeddings.device)
             with torch.no_grad():  # the prompt encoder never trains
                 sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=masks)
+            # HQ-SAM trains on its default output, SAM's mask + the HQ token's (hq_token_only off)
+            hq_inputs = {} if early_features is None else {
+                "hq_token_only": False, "interm_embeddings": [early_features[indices]]}
             low_res, _ = model.decode(
                 image_embeddings[indices], image_pe, sparse, dense, multimask_output=False,
-                use_plugins=self.uses_plugins,
+                use_plugins=self.uses_plugins, **hq_inputs,
             )
             for j, i in enumerate(indices):
                 out[i] = low_res[j]
