@@ -25,10 +25,11 @@ from .decoder_model import (
 )
 from .encoder_model import ENCODER_INPUT_NAMES, ENCODER_OUTPUT_NAMES, ImageEncoderOnnxModel
 
-# 17: LayerNormalization, segment_anything's default. 23: the newest that onnxruntime 1.32 runs
-# and that the export tests cover.
-SUPPORTED_OPSETS = tuple(range(17, 24))
-DEFAULT_OPSET = 18  # the dynamo exporter's native opset: no version conversion
+# 18: the dynamo exporter's own opset; it converts up, but its down-conversion fails on this
+# graph and leaves the file at 18, so segment_anything's default 17 is not offered. 23: the
+# newest the export tests cover (onnxruntime 1.32 runs it).
+SUPPORTED_OPSETS = tuple(range(18, 24))
+DEFAULT_OPSET = 18
 MAX_POINTS = 1024  # upper bound of the dynamic point count (boxes are two points)
 
 
@@ -101,10 +102,21 @@ def _save_checked(program: "torch.onnx.ONNXProgram", path: str) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _widen_int16_sums(program: "torch.export.ExportedProgram") -> None:
+    """ONNX's ReduceSum has no int16, and segment_anything's stability score counts mask pixels
+    with sum(dtype=int16) (then int32): count in int32, which gives the same numbers."""
+    for node in program.graph.nodes:
+        if node.target == torch.ops.aten.sum.dim_IntList and node.kwargs.get("dtype") == torch.int16:
+            node.kwargs = {**node.kwargs, "dtype": torch.int32}
+            node.meta["val"] = node.meta["val"].to(torch.int32)
+    program.graph_module.recompile()
+
+
 def _to_onnx(module: nn.Module, args, dynamic_shapes, input_names, output_names, opset, sampling):
     program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
     program = decompose_for_onnx(program, sampling)
-    return torch.onnx.export(
+    _widen_int16_sums(program)
+    onnx_program = torch.onnx.export(
         program,
         args,
         input_names=list(input_names),
@@ -113,6 +125,10 @@ def _to_onnx(module: nn.Module, args, dynamic_shapes, input_names, output_names,
         dynamo=True,
         verbose=False,
     )
+    written = onnx_program.model.opset_imports.get("")
+    if written != opset:  # a failed version conversion only logs a warning
+        raise RuntimeError(f"the exporter wrote opset {written} instead of opset {opset}")
+    return onnx_program
 
 
 def export_decoder_onnx(
