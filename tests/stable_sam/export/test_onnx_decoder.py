@@ -3,6 +3,7 @@ StableSam.decode, postprocess_masks) on random prompts of 1 to 10 points, with a
 and a mask input; the options of segment_anything's exporter; its interface."""
 
 import warnings
+from collections import Counter
 
 import numpy as np
 import onnx
@@ -147,7 +148,16 @@ def test_single_mask_stability_score_gelu_tanh(tiny, tmp_path):
         gelu_approximate=True,
     )
     assert _gelu_approximations(tiny) == {"none"} and tiny.plugins.op_backend == backend
-    assert onnx.load(str(path)).opset_import[0].version == 20
+    graph = onnx.load(str(path))
+    assert graph.opset_import[0].version == 20
+    # every nn.GELU of SAM's prompt encoder and decoder is the tanh form (an opset-20 Gelu attribute); the plugins'
+    # functional GELUs (DSP and DRP) are not modules and stay exact, as SAM's option leaves them
+    approximations = Counter(
+        a.s.decode() for n in graph.graph.node if n.op_type == "Gelu" for a in n.attribute
+    )
+    exported = (tiny.sam.prompt_encoder, tiny.sam.mask_decoder)
+    modules = sum(isinstance(m, torch.nn.GELU) for part in exported for m in part.modules())
+    assert approximations == {"tanh": modules, "none": 2}
     session = _session(path)
     gelus = [m for m in tiny.modules() if isinstance(m, torch.nn.GELU)]
     # 1 point + padding = 2 points: the best multimask output; 4 + padding: the single mask
