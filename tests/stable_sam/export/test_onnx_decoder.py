@@ -236,3 +236,15 @@ def test_bad_options_are_refused_before_any_work(tiny, tmp_path):
     with pytest.raises(ValueError, match="sampling must be one of"):
         export_decoder_onnx(tiny, str(path), sampling="nearest")
     assert not path.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_opset_conversion_is_an_error(tiny, tmp_path, monkeypatch):
+    """The exporter's down-conversion to 17 fails on this graph and only logs it, leaving opset
+    18: that must not pass for an opset-17 file (why 17 is not in SUPPORTED_OPSETS)."""
+    from stable_sam.export import onnx_export
+
+    monkeypatch.setattr(onnx_export, "SUPPORTED_OPSETS", (17, 18))
+    path = tmp_path / "seventeen.onnx"
+    with pytest.raises(RuntimeError, match="wrote opset 18 instead of opset 17"):
+        export_decoder_onnx(tiny, str(path), opset=17)
+    assert not path.exists()
