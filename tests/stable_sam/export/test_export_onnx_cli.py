@@ -40,6 +40,7 @@ def exported(plugin_path, tmp_path_factory):
                 "--plugin-checkpoint", plugin_path,
                 "--output", decoder,
                 "--encoder-output", encoder,
+                "--quantize-out", str(folder / "quantized.onnx"),
             ]
         )  # fmt: skip
     finally:
@@ -50,8 +51,9 @@ def exported(plugin_path, tmp_path_factory):
 
 def test_files_are_complete_and_honour_the_umask(exported):
     folder, decoder, encoder = exported
-    assert sorted(os.listdir(folder)) == ["decoder.onnx", "encoder.onnx"]  # no staging left
-    for path in (decoder, encoder):
+    # no staging folder left behind
+    assert sorted(os.listdir(folder)) == ["decoder.onnx", "encoder.onnx", "quantized.onnx"]
+    for path in (decoder, encoder, folder / "quantized.onnx"):
         assert os.stat(path).st_mode & 0o777 == 0o640
 
 
@@ -150,3 +152,16 @@ def test_checkpoint_errors(tmp_path, capsys, argv, message):
     err = _error(["--output", str(tmp_path / "d.onnx"), *argv], capsys)
     assert message.format(dir=tmp_path) in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_onnx_extra(no_model, tmp_path, capsys, monkeypatch):
+    from stable_sam.commands import export_onnx
+
+    real_find_spec = export_onnx.importlib.util.find_spec
+    monkeypatch.setattr(
+        export_onnx.importlib.util,
+        "find_spec",
+        lambda name: None if name == "onnxscript" else real_find_spec(name),
+    )
+    err = _error(["--output", str(tmp_path / "d.onnx")], capsys)
+    assert "missing onnxscript: install the onnx extra" in err
