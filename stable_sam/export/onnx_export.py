@@ -51,19 +51,23 @@ def check_export_options(opset: int, sampling: str = DEFAULT_ONNX_SAMPLING) -> N
 
 @contextlib.contextmanager
 def _export_mode(model: StableSam, gelu_approximate: bool) -> Iterator[None]:
-    """Plugins on the compiled op (which the export replaces), and with gelu_approximate the
-    tanh GELU in every nn.GELU, as segment_anything's exporter does; all restored afterwards."""
+    """Eval mode, plugins on the compiled op (which the export replaces), and with
+    gelu_approximate the tanh GELU in every nn.GELU, as segment_anything's exporter does; all
+    restored afterwards."""
     if model.device.type != "cpu":
         raise ValueError(f"export the model from the CPU, it is on {model.device}")
+    training = model.training
     backend = model.plugins.op_backend
     gelus = [m for m in model.modules() if isinstance(m, nn.GELU)] if gelu_approximate else []
     approximations = [m.approximate for m in gelus]
+    model.eval()
     model.plugins.op_backend = "cpu"
     for m in gelus:
         m.approximate = "tanh"
     try:
         yield
     finally:
+        model.train(training)
         model.plugins.op_backend = backend
         for m, approximate in zip(gelus, approximations):
             m.approximate = approximate
@@ -106,7 +110,8 @@ def _widen_int16_sums(program: "torch.export.ExportedProgram") -> None:
     """ONNX's ReduceSum has no int16, and segment_anything's stability score counts mask pixels
     with sum(dtype=int16) (then int32): count in int32, which gives the same numbers."""
     for node in program.graph.nodes:
-        if node.target == torch.ops.aten.sum.dim_IntList and node.kwargs.get("dtype") == torch.int16:
+        is_sum = node.target == torch.ops.aten.sum.dim_IntList
+        if is_sum and node.kwargs.get("dtype") == torch.int16:
             node.kwargs = {**node.kwargs, "dtype": torch.int32}
             node.meta["val"] = node.meta["val"].to(torch.int32)
     program.graph_module.recompile()
@@ -169,7 +174,7 @@ def export_decoder_onnx(
         use_stability_score=use_stability_score,
         return_extra_metrics=return_extra_metrics,
         use_plugins=use_plugins,
-    ).eval()
+    )
     points = torch.export.Dim("num_points", min=1, max=MAX_POINTS)
     dynamic_shapes = {
         "image_embeddings": None,
@@ -181,6 +186,7 @@ def export_decoder_onnx(
     }
     outputs = DECODER_EXTRA_OUTPUT_NAMES if return_extra_metrics else DECODER_OUTPUT_NAMES
     with _export_mode(model, gelu_approximate):
+        wrapper.eval()
         program = _to_onnx(
             wrapper,
             example_decoder_inputs(model),
@@ -226,12 +232,13 @@ def export_encoder_onnx(model: StableSam, path: str, *, opset: int = DEFAULT_OPS
     image_embeddings (1, 256, h, w), the decoder's first input.
     """
     check_export_options(opset)
-    wrapper = ImageEncoderOnnxModel(model).eval()
+    wrapper = ImageEncoderOnnxModel(model)
     size = model.image_encoder.img_size
     height = torch.export.Dim("height", min=1, max=size)
     width = torch.export.Dim("width", min=1, max=size)
     example = (torch.rand(size, size * 3 // 4, 3) * 255,)
     with _export_mode(model, gelu_approximate=False), torch.no_grad():
+        wrapper.eval()
         program = _to_onnx(
             wrapper,
             example,

@@ -139,6 +139,7 @@ def _gelu_approximations(model):
 def test_single_mask_stability_score_gelu_tanh(tiny, tmp_path):
     path = tmp_path / "single.onnx"
     backend = tiny.plugins.op_backend
+    tiny.train()  # the export runs in eval mode and gives the model back as it was
     export_decoder_onnx(
         tiny,
         str(path),
@@ -148,10 +149,12 @@ def test_single_mask_stability_score_gelu_tanh(tiny, tmp_path):
         gelu_approximate=True,
     )
     assert _gelu_approximations(tiny) == {"none"} and tiny.plugins.op_backend == backend
+    assert tiny.plugins.training
+    tiny.eval()
     graph = onnx.load(str(path))
     assert graph.opset_import[0].version == 20
-    # every nn.GELU of SAM's prompt encoder and decoder is the tanh form (an opset-20 Gelu attribute); the plugins'
-    # functional GELUs (DSP and DRP) are not modules and stay exact, as SAM's option leaves them
+    # every nn.GELU of SAM's prompt encoder and decoder is the tanh form (an opset-20 Gelu
+    # attribute); the plugins' functional GELUs (DSP and DRP) are not modules and stay exact
     approximations = Counter(
         a.s.decode() for n in graph.graph.node if n.op_type == "Gelu" for a in n.attribute
     )
