@@ -97,9 +97,10 @@ def main(argv=None) -> int:
             prompt = f"{num_clicks} click(s)" + (" + box" if with_box else "")
             for name in variants:
                 torch_ms, ort_ms = times[f"{name} pytorch"], times[f"{name} onnxruntime"]
-                rows.append([prompt, name, torch_ms, ort_ms, torch_ms / ort_ms, errors[name]])
+                speedup = f"{torch_ms / ort_ms:.2f}x"
+                rows.append([prompt, name, torch_ms, ort_ms, speedup, f"{errors[name]:.1e}"])
                 print(f"{prompt:18s} {name:10s} pytorch {torch_ms:8.2f} ms  onnxruntime "
-                      f"{ort_ms:8.2f} ms  max|diff| {errors[name]:.1e}", flush=True)
+                      f"{ort_ms:8.2f} ms  max abs diff {errors[name]:.1e}", flush=True)
     load_at_end = os.getloadavg()[0]
 
     body = "\n".join(
@@ -112,13 +113,14 @@ def main(argv=None) -> int:
             f"{ORIG_SIZE[0]}x{ORIG_SIZE[1]}); the same call in eager PyTorch (inference_mode, "
             "fused op on the cpu backend) and in onnxruntime; median of "
             f"{args.repeats} runs after {args.warmup} warm-up runs, variants timed in turn "
-            "(`benchmarks/bench_onnx_decoder.py`). max|diff|: largest low-res logit difference "
+            "(`benchmarks/bench_onnx_decoder.py`). max abs diff: largest low-res logit difference "
             "between the two. **The machine was shared with other jobs while this ran** (load "
             f"average {load_at_start:.1f} at the start, {load_at_end:.1f} at the end, on "
             f"{os.cpu_count()} cores): the ratios mean more than the absolute times.",
             "",
             markdown_table(
-                ["prompt", "model", "pytorch ms", "onnxruntime ms", "speed-up", "max|diff|"], rows
+                ["prompt", "model", "pytorch ms", "onnxruntime ms", "speed-up", "max abs diff"],
+                rows,
             ),
         ]
     )

@@ -34,7 +34,8 @@ MAX_POINTS = 1024  # upper bound of the dynamic point count (boxes are two point
 
 
 def check_export_options(opset: int, sampling: str = DEFAULT_ONNX_SAMPLING) -> None:
-    """Raises ValueError for an option the exporter does not support (before any work)."""
+    """Raises ValueError for an option the exporter does not support and RuntimeError when the
+    compiled op is missing; cheap, so callers run it before any model is built."""
     if opset not in SUPPORTED_OPSETS:
         raise ValueError(
             f"opset must be in {SUPPORTED_OPSETS[0]}..{SUPPORTED_OPSETS[-1]}, is {opset}"
