@@ -30,6 +30,6 @@ export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 # --no-build-isolation: the extension must be built against the torch installed above, not a
 # torch that pip would fetch into an isolated build environment.
 start=$(date +%s)
-pip_install --no-build-isolation -e ".[test,triton,hq]"
+pip_install --no-build-isolation -e ".[test,triton,hq,onnx]"
 echo "setup.sh: environment ready in $VENV (extension build/install took $(( $(date +%s) - start )) s)"
 "$VENV/bin/python" -c "import stable_sam_ops as s; print('stable_sam_ops backends available here:', s.available_backends(), '| CUDA kernels compiled:', s._extension.compiled_with_cuda())"

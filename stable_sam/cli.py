@@ -16,7 +16,7 @@ def _load_commands(subparsers) -> Tuple[Dict[str, object], List[str]]:
     missing = []
     loaded: Dict[str, object] = {}
     for name in COMMANDS:
-        module_name = f"{__package__}.commands.{name}"
+        module_name = f"{__package__}.commands.{name.replace('-', '_')}"
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
