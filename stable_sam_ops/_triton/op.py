@@ -16,6 +16,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch._subclasses.functional_tensor import FunctionalTensor
 from triton.runtime.interpreter import InterpretedFunction
 
+from .. import _double_backward
 from . import kernels
 
 # Elements per program by rule: a tile of BLOCK_Q (query, group) rows by BLOCK_C channels. Wide
@@ -160,6 +161,11 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out: Tensor):
     value, offset, amplitude, residual, alpha = ctx.saved_tensors
+    if _double_backward.wants_graph():
+        # The Triton backward kernel is first-order only; under create_graph the gradients must
+        # stay differentiable, as on every other backend.
+        return _double_backward.differentiable_backward(
+            grad_out, value, offset, amplitude, residual, alpha, ctx.offset_scale) + (None,)
     g_value, g_offset, g_amplitude, g_residual, g_alpha = deformable_sample_triton_backward_op(
         grad_out, value, offset, amplitude, residual, alpha, ctx.offset_scale
     )

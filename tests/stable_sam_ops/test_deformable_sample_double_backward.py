@@ -1,6 +1,5 @@
-"""Second-order gradients: exact on the reference and cpu backends (gradgradcheck in float64),
-the fused backend gives the reference's value, not zero, and triton refuses rather than answer
-wrong."""
+"""Second-order gradients: exact on every backend (gradgradcheck in float64), and the fused
+backends give the reference's value, not zero."""
 import os
 
 import pytest
@@ -14,8 +13,8 @@ from stable_sam_ops import available_backends, deformable_sample  # noqa: E402
 
 from op_cases import OPTIONAL_NAMES, device_of, make_case, on_device, present  # noqa: E402
 
-BACKENDS = [b for b in ("reference", "cpu", "cuda") if b in available_backends()]
-FUSED = [b for b in ("cpu", "cuda") if b in available_backends()]
+BACKENDS = [b for b in ("reference", "cpu", "cuda", "triton") if b in available_backends()]
+FUSED = [b for b in ("cpu", "cuda", "triton") if b in available_backends()]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -65,13 +64,3 @@ def test_first_order_backward_still_runs_the_fused_kernel(monkeypatch):
     out = deformable_sample(**case, offset_scale=1.5, backend="cpu")
     out.sum().backward()
     assert case["offset"].grad is not None
-
-
-@pytest.mark.skipif("triton" not in available_backends(), reason="Triton backend unavailable")
-def test_triton_refuses_a_second_backward():
-    case = on_device(make_case(1, 3, 4, 4, 2, dtype=torch.float32, requires_grad=True),
-                     device_of("triton"))
-    out = deformable_sample(**case, offset_scale=1.5, backend="triton")
-    grads = torch.autograd.grad(out.square().sum(), list(case.values()), create_graph=True)
-    with pytest.raises(RuntimeError, match=r"deformable_sample_triton_backward"):
-        torch.autograd.grad(sum(g.square().sum() for g in grads), list(case.values()))
