@@ -2,12 +2,12 @@
 weights, saved on their own as safetensors with metadata."""
 
 import os
-import tempfile
 from typing import Any, Dict, Mapping
 
 import torch
 from torch import Tensor, nn
 
+from .data._io import write_atomic
 from .modeling.plugins import PluginConfig
 
 PLUGIN_FORMAT = "stable-sam-plugins"
@@ -59,6 +59,25 @@ def check_state_dict(
         raise CheckpointError(f"{what} {path!r} does not match the model: " + "; ".join(problems))
 
 
+def check_plugin_values(module: nn.Module, tensors: Mapping[str, Tensor], path: str) -> None:
+    """Refuses what load_state_dict would accept silently: another kind of number (an integer
+    or boolean tensor would be cast to float) and NaN or infinite weights (they load, then every
+    mask comes out empty)."""
+    expected = module.state_dict()
+    wrong_kind = [f"{k} ({t.dtype})" for k, t in tensors.items()
+                  if t.is_floating_point() != expected[k].is_floating_point()
+                  or t.is_complex() != expected[k].is_complex()]
+    if wrong_kind:
+        raise CheckpointError(
+            f"plugin checkpoint {path!r} holds tensors of another kind than the model's "
+            f"floating-point weights: {_short(wrong_kind)}")
+    non_finite = [k for k, t in tensors.items()
+                  if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if non_finite:
+        raise CheckpointError(
+            f"plugin checkpoint {path!r} holds NaN or infinite values in {_short(non_finite)}")
+
+
 def _short(items, limit: int = 5) -> str:
     shown = ", ".join(items[:limit])
     return f"[{shown}{', ...' if len(items) > limit else ''}] ({len(items)})"
@@ -79,19 +98,6 @@ def load_sam_checkpoint(sam: nn.Module, path: str) -> None:
     sam.load_state_dict(state_dict, strict=True)
 
 
-def _atomic_write(path: str, write) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_plugins(model: nn.Module, path: str) -> None:
     """Writes model.plugins' weights and metadata to a safetensors file, atomically."""
     from safetensors.torch import save_file
@@ -104,7 +110,7 @@ def save_plugins(model: nn.Module, path: str) -> None:
         "plugin_config": model.plugins.config.to_json(),
         "package_version": _package_version(),
     }
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), durable=True)
 
 
 def read_plugin_metadata(path: str) -> Dict[str, Any]:
@@ -177,5 +183,6 @@ def load_plugins(model: nn.Module, path: str) -> Dict[str, Any]:
             f"plugin checkpoint {path!r} could not be read (corrupt or truncated?): {exc}"
         ) from exc
     check_state_dict(model.plugins, tensors, path, "plugin checkpoint")
+    check_plugin_values(model.plugins, tensors, path)
     model.plugins.load_state_dict(tensors, strict=True)
     return meta

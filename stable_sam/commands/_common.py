@@ -4,7 +4,6 @@ parsing with validation, colour overlays and atomic PNG writes."""
 import argparse
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -85,16 +84,34 @@ def build_model(args):
 
 
 def load_image(path: str) -> np.ndarray:
-    """RGB uint8 HxWx3."""
-    from PIL import Image, UnidentifiedImageError
+    """RGB uint8 HxWx3, through the package's one image reader."""
+    from ..data.image_files import ImageReadError, read_rgb
 
-    if not os.path.isfile(path):
-        raise CliError(f"image {path!r}: no such file")
     try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise CliError(f"image {path!r} could not be read: {exc}") from exc
+        return read_rgb(path)
+    except (ImageReadError, FileNotFoundError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def check_device(text: Optional[str]) -> None:
+    """--device must name a device this machine has; checked before any heavy work."""
+    if text is None:
+        return
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError) as exc:
+        raise CliError(f"--device {text!r} is not a torch device ({exc})") from None
+    if device.type == "cpu":
+        return
+    if device.type != "cuda":
+        raise CliError(f"--device {text!r}: only cpu and cuda devices are supported")
+    if not torch.cuda.is_available():
+        raise CliError(f"--device {text!r}: CUDA is not available on this machine")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise CliError(f"--device {text!r}: this machine has {torch.cuda.device_count()} "
+                       "CUDA device(s)")
 
 
 @dataclass
@@ -207,16 +224,9 @@ def write_png(path: str, array: np.ndarray) -> None:
     """Writes a uint8 HxW or HxWx3 (RGB) PNG atomically (temp file + os.replace)."""
     from PIL import Image
 
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
-    os.close(fd)
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    from ..data._io import write_atomic
+
+    write_atomic(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
 def prepare_out_dir(path: str) -> str:
