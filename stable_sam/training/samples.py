@@ -3,7 +3,7 @@ and one prompt, and in which order an epoch serves them to this process."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -16,7 +16,8 @@ from .config import TrainConfig
 from .distributed import DistContext
 from .signals import ignore_sigterm
 
-__all__ = ["TrainingSamples", "load_datasets", "collate", "batches_for_epoch", "epoch_loader"]
+__all__ = ["TrainingSamples", "load_datasets", "collate", "batches_for_epoch", "epoch_loader",
+           "closing_batches"]
 
 
 def _rts_config(config: TrainConfig, spec: baselines.MethodSpec, image_size: int):
@@ -178,3 +179,22 @@ def epoch_loader(samples: TrainingSamples, step: int, total_steps: int, steps_pe
     return DataLoader(samples, batch_sampler=batches, num_workers=config.num_workers,
                       collate_fn=collate, pin_memory=pin_memory,
                       generator=loader_rng, worker_init_fn=ignore_sigterm)
+
+
+def closing_batches(loader: DataLoader) -> Iterator[Dict[str, Any]]:
+    """The loader's batches; however the iteration ends (exhausted, an error, a break), its
+    workers are shut down before this returns. They ignore SIGTERM (see `signals`), so a worker
+    left behind would block the interpreter's exit for ever: multiprocessing terminates its
+    children with SIGTERM at exit and then waits for them."""
+    iterator = iter(loader)
+    try:
+        yield from iterator
+    finally:
+        workers = list(getattr(iterator, "_workers", []))
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()  # asks each worker to finish, waits a little, then SIGTERMs (ignored)
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
