@@ -52,6 +52,29 @@ def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
         help="clip prompts that fall outside the image instead of failing",
     )
     parser.add_argument("--out-dir", default=".", help="output folder (created if missing)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace output files that already exist (refused without it)")
+
+
+def check_model_arguments(args) -> None:
+    """--model-type/--sam-checkpoint/--plugin-checkpoint/--device, checked without loading
+    weights (a plugin file's header is read: it is a few bytes)."""
+    from ..checkpoint import CheckpointError, read_plugin_metadata
+
+    for flag, path in (
+        ("--sam-checkpoint", args.sam_checkpoint),
+        ("--plugin-checkpoint", args.plugin_checkpoint),
+    ):
+        if path is not None and not os.path.isfile(path):
+            raise CliError(f"{flag} {path!r}: no such file")
+    if args.sam_checkpoint is None and args.model_type != "tiny":
+        raise CliError(f"--sam-checkpoint is required for --model-type {args.model_type}")
+    if args.plugin_checkpoint is not None:
+        try:
+            read_plugin_metadata(args.plugin_checkpoint)
+        except CheckpointError as exc:
+            raise CliError(str(exc)) from None
+    check_device(args.device)
 
 
 def build_model(args):
@@ -61,15 +84,8 @@ def build_model(args):
     from ..build import build_stable_sam
     from ..checkpoint import CheckpointError
 
-    for flag, path in (
-        ("--sam-checkpoint", args.sam_checkpoint),
-        ("--plugin-checkpoint", args.plugin_checkpoint),
-    ):
-        if path is not None and not os.path.isfile(path):
-            raise CliError(f"{flag} {path!r}: no such file")
+    check_model_arguments(args)
     if args.sam_checkpoint is None:
-        if args.model_type != "tiny":
-            raise CliError(f"--sam-checkpoint is required for --model-type {args.model_type}")
         print(
             "WARNING: --model-type tiny without --sam-checkpoint is a RANDOMLY INITIALISED SAM; "
             "its masks are meaningless (demo/test use only).",
@@ -229,11 +245,28 @@ def write_png(path: str, array: np.ndarray) -> None:
     write_atomic(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
+def output_paths(args, suffixes: Tuple[str, ...]) -> List[str]:
+    """OUT_DIR/STEM_SUFFIX.png for the image; checked (before any work) not to replace a file
+    unless --overwrite, and not to be a folder."""
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise CliError(f"--out-dir {args.out_dir!r} is a file, not a folder")
+    stem = os.path.splitext(os.path.basename(args.image))[0]
+    paths = [os.path.join(args.out_dir, f"{stem}_{suffix}.png") for suffix in suffixes]
+    for path in paths:
+        if os.path.isdir(path):
+            raise CliError(f"output {path!r} is a folder")
+        if os.path.exists(path) and not args.overwrite:
+            raise CliError(f"output {path!r} exists; pass --overwrite to replace it")
+    return paths
+
+
 def prepare_out_dir(path: str) -> str:
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
         raise CliError(f"--out-dir {path!r} could not be created: {exc}") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise CliError(f"--out-dir {path!r} is not writable")
     return path
 
 
