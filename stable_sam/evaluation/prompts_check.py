@@ -204,6 +204,8 @@ def check_prompts(prompts: Any, datasets: Sequence[Any], kinds: Sequence[str] | 
                                f"{sorted(prompts)}); pass a new file name to freeze them")
     for dataset in datasets:
         frozen = prompts[dataset.name]
+        where = f"prompts file {path}, dataset {dataset.name!r}"
+        if not isinstance(frozen, dict):
+            raise PromptsFileError(f"{where}: not a frozen prompt set")
         chosen = kinds if kinds is not None else (frozen.get("kinds") or [])
-        _check_dataset(frozen, dataset, list(chosen), model_image_size,
-                       f"prompts file {path}, dataset {dataset.name!r}")
+        _check_dataset(frozen, dataset, list(chosen), model_image_size, where)
