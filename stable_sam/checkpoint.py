@@ -59,20 +59,15 @@ def check_state_dict(
         raise CheckpointError(f"{what} {path!r} does not match the model: " + "; ".join(problems))
 
 
-def check_plugin_values(module: nn.Module, tensors: Mapping[str, Tensor], path: str) -> None:
+def check_plugin_values(tensors: Mapping[str, Tensor], path: str) -> None:
     """Refuses what load_state_dict would accept silently: another kind of number (an integer
-    or boolean tensor would be cast to float) and NaN or infinite weights (they load, then every
-    mask comes out empty)."""
-    expected = module.state_dict()
-    wrong_kind = [f"{k} ({t.dtype})" for k, t in tensors.items()
-                  if t.is_floating_point() != expected[k].is_floating_point()
-                  or t.is_complex() != expected[k].is_complex()]
-    if wrong_kind:
-        raise CheckpointError(
-            f"plugin checkpoint {path!r} holds tensors of another kind than the model's "
-            f"floating-point weights: {_short(wrong_kind)}")
-    non_finite = [k for k, t in tensors.items()
-                  if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    or boolean tensor would be cast to float; every plugin weight is floating point) and NaN or
+    infinite weights (they load, then every mask comes out empty)."""
+    not_float = [f"{k} ({t.dtype})" for k, t in tensors.items() if not t.is_floating_point()]
+    if not_float:
+        raise CheckpointError(f"plugin checkpoint {path!r} holds tensors of another kind than "
+                              f"the model's floating-point weights: {_short(not_float)}")
+    non_finite = [k for k, t in tensors.items() if not bool(torch.isfinite(t).all())]
     if non_finite:
         raise CheckpointError(
             f"plugin checkpoint {path!r} holds NaN or infinite values in {_short(non_finite)}")
@@ -151,6 +146,23 @@ def read_plugin_metadata(path: str) -> Dict[str, Any]:
     }
 
 
+def check_plugin_file(path: str) -> Dict[str, Any]:
+    """Reads a plugin file's metadata and checks its tensors (floating point and finite: every
+    plugin weight is) without a model; returns the metadata. For commands that check their
+    arguments before they build anything."""
+    from safetensors.torch import load_file
+
+    meta = read_plugin_metadata(path)
+    try:
+        tensors = load_file(path, device="cpu")
+    except Exception as exc:
+        raise CheckpointError(
+            f"plugin checkpoint {path!r} could not be read (corrupt or truncated?): {exc}"
+        ) from exc
+    check_plugin_values(tensors, path)
+    return meta
+
+
 def load_plugins(model: nn.Module, path: str) -> Dict[str, Any]:
     """Loads plugin weights saved by `save_plugins` into model.plugins; returns the metadata.
 
@@ -183,6 +195,6 @@ def load_plugins(model: nn.Module, path: str) -> Dict[str, Any]:
             f"plugin checkpoint {path!r} could not be read (corrupt or truncated?): {exc}"
         ) from exc
     check_state_dict(model.plugins, tensors, path, "plugin checkpoint")
-    check_plugin_values(model.plugins, tensors, path)
+    check_plugin_values(tensors, path)
     model.plugins.load_state_dict(tensors, strict=True)
     return meta

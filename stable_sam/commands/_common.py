@@ -58,8 +58,8 @@ def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_model_arguments(args) -> None:
     """--model-type/--sam-checkpoint/--plugin-checkpoint/--device, checked without loading
-    weights (a plugin file's header is read: it is a few bytes)."""
-    from ..checkpoint import CheckpointError, read_plugin_metadata
+    SAM's weights (the plugin file is read and checked: it is small)."""
+    from ..checkpoint import CheckpointError, check_plugin_file
 
     for flag, path in (
         ("--sam-checkpoint", args.sam_checkpoint),
@@ -71,7 +71,7 @@ def check_model_arguments(args) -> None:
         raise CliError(f"--sam-checkpoint is required for --model-type {args.model_type}")
     if args.plugin_checkpoint is not None:
         try:
-            read_plugin_metadata(args.plugin_checkpoint)
+            check_plugin_file(args.plugin_checkpoint)
         except CheckpointError as exc:
             raise CliError(str(exc)) from None
     check_device(args.device)

@@ -153,6 +153,9 @@ def _train(config: TrainConfig, *, resume: bool, ctx: Optional[DistContext],
 def _build_run(config: TrainConfig, ctx: DistContext) -> _Run:
     """Joins the process group, seeds, and builds the model, its optimiser and the samples."""
     spec = baselines.get_method(config.method)
+    # The data first: a bad file stops the run before anything heavy is built.
+    datasets = check_training_data(load_datasets(config), config.skip_bad_samples,
+                                   report=ctx.is_main)
     device = resolve_device(config.device, ctx)
     owns_group = ctx.distributed and not dist.is_initialized()
     init_process_group(ctx, device)
@@ -174,8 +177,6 @@ def _build_run(config: TrainConfig, ctx: DistContext) -> _Run:
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16" and device.type == "cuda")
 
-    datasets = check_training_data(load_datasets(config), config.skip_bad_samples,
-                                   report=ctx.is_main)
     samples = TrainingSamples(datasets, config, model_input_size(model))
     global_batch = config.batch_size * ctx.world_size
     steps_per_epoch = len(samples) // global_batch
