@@ -146,19 +146,23 @@ def read_plugin_metadata(path: str) -> Dict[str, Any]:
     }
 
 
-def check_plugin_file(path: str) -> Dict[str, Any]:
-    """Reads a plugin file's metadata and checks its tensors (floating point and finite: every
-    plugin weight is) without a model; returns the metadata. For commands that check their
-    arguments before they build anything."""
+def _read_plugin_tensors(path: str) -> Dict[str, Tensor]:
     from safetensors.torch import load_file
 
-    meta = read_plugin_metadata(path)
     try:
-        tensors = load_file(path, device="cpu")
+        return load_file(path, device="cpu")
     except Exception as exc:
         raise CheckpointError(
             f"plugin checkpoint {path!r} could not be read (corrupt or truncated?): {exc}"
         ) from exc
+
+
+def check_plugin_file(path: str) -> Dict[str, Any]:
+    """Reads a plugin file's metadata and checks its tensors (floating point and finite: every
+    plugin weight is) without a model; returns the metadata. For commands that check their
+    arguments before they build anything."""
+    meta = read_plugin_metadata(path)
+    tensors = _read_plugin_tensors(path)
     check_plugin_values(tensors, path)
     return meta
 
@@ -169,8 +173,6 @@ def load_plugins(model: nn.Module, path: str) -> Dict[str, Any]:
     The file's model type and plugin config must match the model's (the plugins are trained on
     one backbone's features), and its tensors must match model.plugins' keys and shapes.
     """
-    from safetensors.torch import load_file
-
     meta = read_plugin_metadata(path)
     if meta["model_type"] and model.model_type and meta["model_type"] != model.model_type:
         raise CheckpointError(
@@ -188,12 +190,7 @@ def load_plugins(model: nn.Module, path: str) -> Dict[str, Any]:
         raise CheckpointError(
             f"plugin checkpoint {path!r} has another plugin config: {'; '.join(diff)}"
         )
-    try:
-        tensors = load_file(path, device="cpu")
-    except Exception as exc:
-        raise CheckpointError(
-            f"plugin checkpoint {path!r} could not be read (corrupt or truncated?): {exc}"
-        ) from exc
+    tensors = _read_plugin_tensors(path)
     check_state_dict(model.plugins, tensors, path, "plugin checkpoint")
     check_plugin_values(tensors, path)
     model.plugins.load_state_dict(tensors, strict=True)

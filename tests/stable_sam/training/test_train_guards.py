@@ -1,7 +1,6 @@
 """What keeps a run from being lost: the data check before step 1, the previous checkpoint, the
 refusal to start over a run, config bounds, worker shutdown on errors, and advice that fits."""
 import multiprocessing
-import os
 
 import numpy as np
 import pytest
@@ -19,12 +18,7 @@ def shapes(tmp_path_factory):
                                   image_size=(64, 80), seed=5)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(data, out, **kw):
