@@ -165,9 +165,9 @@ def run(args) -> int:
     from ._common import check_device
     from ..training.checkpointing import CheckpointError, prepare_out_dir
 
-    if args.device is not None:
-        check_device(args.device)
     config = resolve_config(args)
+    if config.device != "auto":  # from a flag, --config or the checkpoint
+        check_device(config.device)
     try:  # before anything is generated into it
         prepare_out_dir(config.out_dir, resume=args.resume, overwrite=args.overwrite)
     except CheckpointError as exc:

@@ -70,6 +70,9 @@ def _cases(base: Path) -> dict:
         "train_out_is_a_file": (
             ["train", *TINY, "--data", str(data), "--out", str(afile), "--steps", "1"], {},
             [afile], "is a file, not a folder"),
+        "train_bad_device_in_config": (
+            ["train", "--model-type", "tiny", "--data", str(data), "--out", str(base / "t3"),
+             "--config", '{"device": "cuda:99"}'], {}, [], "CUDA is not available|CUDA device"),
         "train_unbounded_config": (
             ["train", *TINY, "--data", str(data), "--out", str(base / "t1"), "--config",
              '{"num_points": 1000000000}'], {}, [], r"num_points must be <= \d+"),
