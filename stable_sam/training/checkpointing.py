@@ -18,7 +18,8 @@ from . import baselines
 from .config import TrainConfig
 from .rng import restore_rng_state
 
-__all__ = ["CHECKPOINT_NAME", "PREVIOUS_CHECKPOINT_NAME", "CheckpointError", "prepare_out_dir", "RESUME_MAY_CHANGE", "check_resume_config",
+__all__ = ["CHECKPOINT_NAME", "PREVIOUS_CHECKPOINT_NAME", "CheckpointError", "prepare_out_dir",
+           "RESUME_MAY_CHANGE", "check_resume_config",
            "write_train_checkpoint", "load_train_checkpoint", "saved_config",
            "open_resume_checkpoint", "restore_training_state", "save_final_weights"]
 

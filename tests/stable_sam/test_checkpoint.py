@@ -153,7 +153,8 @@ def test_tensor_mismatch(saved, change, match):
 @pytest.mark.parametrize(
     "value, match",
     [
-        (lambda t: t.round().to(torch.int64), r"another kind .*dsp\.dwconv\.weight \(torch\.int64\)"),
+        (lambda t: t.round().to(torch.int64),
+         r"another kind .*dsp\.dwconv\.weight \(torch\.int64\)"),
         (lambda t: t > 0, r"another kind .*dsp\.dwconv\.weight \(torch\.bool\)"),
         (lambda t: t.index_fill(0, torch.tensor([0]), float("nan")),
          r"NaN or infinite values in \[dsp\.dwconv\.weight\]"),
