@@ -158,7 +158,9 @@ def _one_line(exc: BaseException) -> str:
     """An error raised in a data-loader worker arrives with the worker's traceback in its
     message; the user gets its last line, which is the error itself."""
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else type(exc).__name__
+    if len(lines) > 1:  # "...Original Traceback...", then "ValueError: the message"
+        return lines[-1].strip().removeprefix(f"{type(exc).__name__}: ")
+    return lines[0].strip() if lines else type(exc).__name__
 
 
 def run(args) -> int:

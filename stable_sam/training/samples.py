@@ -97,7 +97,8 @@ class TrainingSamples(torch.utils.data.Dataset):
         if not item["mask"].any():
             raise ValueError(f"training image {item['name']!r} (#{local} of {dataset.name}) has an "
                              "empty mask: every training image needs a foreground object")
-        image, mask = self._geometry(item["image"], item["mask"], rng("jitter"))
+        image, mask = self._geometry(item["image"], item["mask"], rng("jitter"),
+                                     f"{item['name']!r} (#{local} of {dataset.name})")
         occlusion_rng = rng("occlusion")
         if len(self) > 1 and occlusion_rng.uniform() < self.rts.occlusion_probability:
             other = int(occlusion_rng.integers(len(self) - 1))
@@ -115,7 +116,8 @@ class TrainingSamples(torch.utils.data.Dataset):
             "kind": prompt.kind,
         }
 
-    def _geometry(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
+    def _geometry(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+                  what: str):
         """LSJ onto the S x S canvas, or resize-longest-side + pad; never an empty target."""
         from ..data.transforms import large_scale_jitter, pad_bottom_right, resize_longest_side
 
@@ -130,7 +132,8 @@ class TrainingSamples(torch.utils.data.Dataset):
         image = pad_bottom_right(resize_longest_side(image, size), size)
         mask = pad_bottom_right(resize_longest_side(mask, size), size, False)
         if not mask.any():
-            raise ValueError("a training mask vanished when resized to the model input size")
+            raise ValueError(f"the mask of training image {what} vanished when resized to the "
+                             "model input size (the object is too small for it)")
         return image, mask
 
 

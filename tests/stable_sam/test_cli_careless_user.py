@@ -81,6 +81,10 @@ def _cases(base: Path) -> dict:
              "--batch-size", "1", "--num-workers", "2"], {}, [],
             r"2 training sample\(s\) cannot be used: .*synthetic_0001\.png is empty.*"
             r"synthetic_0002\.png is 8x8.*--skip-bad-samples"),
+        "train_sample_fails_in_a_loader_worker": (  # past the data check: the worker raises
+            ["train", *TINY, "--data", str(base / "vanishing"), "--out", str(base / "t4"),
+             "--steps", "4", "--batch-size", "1", "--num-workers", "2", "--no-lsj"], {}, [],
+            r"the mask of training image 'synthetic_0001' .* vanished when resized"),
         "evaluate_out_is_a_file": (
             eval_common + ["--prompts", str(base / "prompts_ok.json"), "--out", str(afile)], {},
             [afile, base / "prompts_ok.json"], "is a file, not a folder"),
@@ -125,6 +129,12 @@ def _prepare(base: Path) -> None:
     bad = make_synthetic_dataset(base / "baddata", num_images=3, image_size=(48, 64), seed=1)
     Image.fromarray(np.zeros((48, 64), np.uint8)).save(bad / "gt" / "synthetic_0001.png")
     Image.fromarray(np.full((8, 8), 255, np.uint8)).save(bad / "gt" / "synthetic_0002.png")
+    vanishing = make_synthetic_dataset(base / "vanishing", num_images=2, image_size=(48, 64),
+                                       seed=1)
+    Image.new("RGB", (1024, 1024)).save(vanishing / "im" / "synthetic_0001.jpg")
+    speck = np.zeros((1024, 1024), np.uint8)
+    speck[501, 501] = 255  # one pixel: it passes the data check, then vanishes at 256 px
+    Image.fromarray(speck).save(vanishing / "gt" / "synthetic_0001.png")
     (base / "afile.txt").write_text("a user's notes\n")
     Image.new("L", (300, 200)).save(base / "bomb.png")
     (base / "seg_done").mkdir()
