@@ -89,7 +89,7 @@ def build_predictor(args):
     return sam_predictor_for(model) if args.no_plugins else predictor_for(model)
 
 
-MODEL_IMAGE_SIZES = {"tiny": 256}  # SAM's input size by --model-type; the ViTs take 1024
+MODEL_IMAGE_SIZES = {"tiny": 256, "hq_tiny": 256}  # SAM's input size by --model-type; the ViTs take 1024
 MAX_PROMPTS_PER_IMAGE = 1000
 MAX_BATCH_SIZE = 4096
 
