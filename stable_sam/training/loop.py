@@ -153,10 +153,15 @@ def _train(config: TrainConfig, *, resume: bool, ctx: Optional[DistContext],
 def _build_run(config: TrainConfig, ctx: DistContext) -> _Run:
     """Joins the process group, seeds, and builds the model, its optimiser and the samples."""
     spec = baselines.get_method(config.method)
+    device = resolve_device(config.device, ctx)
+    if config.amp == "fp16" and device.type != "cuda":
+        # fp16 needs loss scaling, which only CUDA's GradScaler gives; running without it would
+        # silently train in float32 while the config says fp16.
+        raise ValueError(f"--amp fp16 needs a CUDA device, the run is on {device}; "
+                         f"use --amp bf16 on the CPU")
     # The data first: a bad file stops the run before anything heavy is built.
     datasets = check_training_data(load_datasets(config), config.skip_bad_samples,
                                    report=ctx.is_main)
-    device = resolve_device(config.device, ctx)
     owns_group = ctx.distributed and not dist.is_initialized()
     init_process_group(ctx, device)
     _configure_torch(config, device)
@@ -210,8 +215,8 @@ def _restore_or_start(run: _Run, ckpt: Optional[Dict[str, Any]]) -> int:
 
 
 def _autocast(config: TrainConfig, device: torch.device):
-    # bf16 needs no loss scaling, so it runs on the CPU too; fp16 stays CUDA only.
-    if config.amp == "none" or (device.type != "cuda" and config.amp != "bf16"):
+    # bf16 needs no loss scaling, so it runs on the CPU too; fp16 is refused off CUDA (_build_run).
+    if config.amp == "none":
         return torch.autocast(device_type=device.type, enabled=False)
     dtype = torch.bfloat16 if config.amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
