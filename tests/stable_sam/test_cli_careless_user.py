@@ -180,7 +180,7 @@ import stable_sam.cli as cli
 from stable_sam.commands import COMMANDS
 import importlib
 for name in COMMANDS:
-    importlib.import_module("stable_sam.commands." + name)
+    importlib.import_module("stable_sam.commands." + name.replace("-", "_"))
 cases, out_dir, limit, parallel = json.loads(sys.stdin.read())
 running, results = {}, {}
 
