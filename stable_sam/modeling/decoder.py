@@ -7,10 +7,11 @@ the same memory as (N, H, W, C).
 """
 
 import math
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.mask_decoder import MaskDecoder
 from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock
 
@@ -37,6 +38,72 @@ def attention_probs(attn: Attention, q: Tensor, k: Tensor) -> Tensor:
     kh = kh.reshape(kh.shape[0], kh.shape[1], heads, d // heads).transpose(1, 2)
     scores = qh @ kh.transpose(-1, -2) / math.sqrt(d // heads)
     return torch.softmax(scores, dim=-1)
+
+
+def _heads(x: Tensor, heads: int) -> Tensor:
+    """(B, T, D) -> (B, heads, T, D / heads), as Attention._separate_heads."""
+    b, t, d = x.shape
+    return x.reshape(b, t, heads, d // heads).transpose(1, 2)
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Attention.forward's softmax(q k^T / sqrt(d)) v on projected, head-split tensors."""
+    attn = q @ k.transpose(-1, -2)
+    attn = attn / math.sqrt(q.shape[-1])
+    return torch.softmax(attn, dim=-1) @ v
+
+
+def token_to_shared_image_attention(
+    attn: Attention, q: Tensor, k: Tensor, v: Tensor
+) -> Tensor:
+    """attn(q, k, v) for N prompts' tokens q (N, T, C) over one image's keys k, v (1, HW, C).
+
+    SAM's call repeats the image per prompt: this projects its keys and values once and folds
+    the prompts into the query rows of one attention (each row's softmax is its own).
+    """
+    n, t, _ = q.shape
+    heads = attn.num_heads
+    qh = _heads(attn.q_proj(q), heads)  # (N, heads, T, d)
+    qh = qh.transpose(0, 1).reshape(1, heads, n * t, -1)
+    out = _attend(qh, _heads(attn.k_proj(k), heads), _heads(attn.v_proj(v), heads))
+    out = out.view(heads, n, t, -1).permute(1, 2, 0, 3).reshape(n, t, -1)
+    return attn.out_proj(out)
+
+
+def shared_image_to_token_attention(
+    attn: Attention, q: Tensor, k: Tensor, v: Tensor
+) -> Tensor:
+    """attn(q, k, v) for one image's tokens q (1, HW, C) over N prompts' tokens k, v (N, T, C):
+    the image side is projected once instead of once per prompt."""
+    n, t, _ = k.shape
+    heads = attn.num_heads
+    qh = _heads(attn.q_proj(q), heads)  # (1, heads, HW, d)
+    out = _attend(qh, _heads(attn.k_proj(k), heads), _heads(attn.v_proj(v), heads))
+    return attn.out_proj(out.transpose(1, 2).reshape(n, q.shape[1], -1))
+
+
+def first_block_forward_shared_image(
+    block: TwoWayAttentionBlock, queries: Tensor, image: Tensor, query_pe: Tensor, key_pe: Tensor
+) -> Tuple[Tensor, Tensor]:
+    """TwoWayAttentionBlock.forward for N prompts on one image's tokens (1, HW, C): SAM's block
+    with the image-side projections computed once (the keys are the same for every prompt until
+    this block's image-to-token attention makes them the prompt's own)."""
+    if block.skip_first_layer_pe:
+        queries = block.self_attn(q=queries, k=queries, v=queries)
+    else:
+        q = queries + query_pe
+        queries = queries + block.self_attn(q=q, k=q, v=queries)
+    queries = block.norm1(queries)
+    k = image + key_pe
+    attn_out = token_to_shared_image_attention(
+        block.cross_attn_token_to_image, queries + query_pe, k, image
+    )
+    queries = block.norm2(queries + attn_out)
+    queries = block.norm3(queries + block.mlp(queries))
+    attn_out = shared_image_to_token_attention(
+        block.cross_attn_image_to_token, k, queries + query_pe, queries
+    )
+    return queries, block.norm4(image + attn_out)
 
 
 def block_forward(
@@ -89,15 +156,23 @@ def transformer_forward(
 ) -> Tuple[Tensor, Tensor]:
     """TwoWayTransformer.forward; layers[PLUGIN_LAYER] runs through `block_forward`.
 
-    image_embedding (N, C, H, W); image_pe (1 or N, C, H, W), broadcast rather than repeated.
+    image_embedding (1 or N, C, H, W); image_pe (1 or N, C, H, W), broadcast rather than
+    repeated. One image embedding is shared by the N prompts of point_embedding (N, T, C) up to
+    the first block that makes the keys the prompt's own.
     """
     image_tokens = image_embedding.flatten(2).permute(0, 2, 1)
-    key_pe = image_pe.flatten(2).permute(0, 2, 1)
+    # contiguous once: every block adds it to (N, HW, C) tokens, and a channels-first view
+    # makes each of those adds a strided gather
+    key_pe = image_pe.flatten(2).permute(0, 2, 1).contiguous()
     queries, keys = point_embedding, image_tokens
     for index, layer in enumerate(transformer.layers):
         if index == PLUGIN_LAYER:
             queries, keys = block_forward(
                 layer, queries, keys, point_embedding, key_pe, keys_fn, record
+            )
+        elif keys.shape[0] != queries.shape[0]:  # one image for all prompts (layer 0)
+            queries, keys = first_block_forward_shared_image(
+                layer, queries, keys, point_embedding, key_pe
             )
         else:
             queries, keys = layer(
@@ -142,9 +217,12 @@ def predict_masks(
     tokens = torch.cat(
         (output_tokens.unsqueeze(0).expand(n, -1, -1), sparse_prompt_embeddings), dim=1
     )
+    # batch 1 when the N prompts share one embedding and no mask prompt: transformer_forward
+    # then projects the image side of layer 0 once for all of them
+    if n > 1 and dense_prompt_embeddings.stride(0) == 0:
+        # the prompt encoder's no-mask embedding is one tensor expanded over the prompts
+        dense_prompt_embeddings = dense_prompt_embeddings[:1]
     src = image_embeddings + dense_prompt_embeddings
-    if src.shape[0] != n:
-        src = src.expand(n, -1, -1, -1)
     _, c, h, w = src.shape
 
     hs, image_tokens = transformer_forward(
@@ -153,10 +231,66 @@ def predict_masks(
     iou_token_out = hs[:, 0, :]
     mask_tokens_out = hs[:, 1 : 1 + decoder.num_mask_tokens, :]
 
-    upscaled = decoder.output_upscaling(image_tokens.transpose(1, 2).reshape(n, c, h, w))
-    hyper_in: List[Tensor] = [
-        mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)
-    ]
-    _, cu, hu, wu = upscaled.shape
-    masks = (torch.stack(hyper_in, dim=1) @ upscaled.view(n, cu, hu * wu)).view(n, -1, hu, wu)
+    hyper_in = torch.stack(
+        [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)],
+        dim=1,
+    )
+    masks = upscaled_mask_logits(decoder.output_upscaling, image_tokens, h, w, hyper_in)
     return masks, decoder.iou_prediction_head(iou_token_out)
+
+
+def _is_pixel_local_upscaling(upscaling: nn.Module) -> bool:
+    """Whether `upscaling` is SAM's output_upscaling: (2x2 stride-2 transposed conv, LayerNorm2d,
+    activation, 2x2 stride-2 transposed conv, activation)."""
+    if not isinstance(upscaling, nn.Sequential) or len(upscaling) != 5:
+        return False
+    up1, norm, _, up2, _ = upscaling
+    convs_ok = all(
+        isinstance(m, nn.ConvTranspose2d)
+        and m.kernel_size == (2, 2)
+        and m.stride == (2, 2)
+        and m.padding == (0, 0)
+        and m.output_padding == (0, 0)
+        and m.dilation == (1, 1)
+        and m.groups == 1
+        and m.bias is not None
+        for m in (up1, up2)
+    )
+    return convs_ok and isinstance(norm, LayerNorm2d)
+
+
+def _upsample_2x2(conv: nn.ConvTranspose2d, x: Tensor) -> Tensor:
+    """A 2x2 stride-2 transposed conv on channels-last pixels x (..., C_in): each output pixel
+    depends on one input pixel only, so it is one matrix product per pixel, (..., 2, 2, C_out)
+    with the (dy, dx) sub-pixel before the channels."""
+    c_in, c_out = conv.weight.shape[:2]
+    weight = conv.weight.permute(2, 3, 1, 0).reshape(4 * c_out, c_in)  # rows (dy, dx, c_out)
+    return nn.functional.linear(x, weight, conv.bias.repeat(4)).unflatten(-1, (2, 2, c_out))
+
+
+def upscaled_mask_logits(
+    upscaling: nn.Module, image_tokens: Tensor, h: int, w: int, hyper_in: Tensor
+) -> Tensor:
+    """hyper_in (N, M, C') times output_upscaling of the image tokens (N, h*w, C): the mask
+    logits (N, M, 4h, 4w), as MaskDecoder.predict_masks computes them.
+
+    SAM's upscaling (two 2x2 stride-2 transposed convs, LayerNorm2d and activations) is
+    pixel-local: every 4x4 block of output pixels comes from one token. So it runs here on the
+    channels-last tokens as matrix products and a channel LayerNorm, keeping each token's 16
+    sub-pixels next to it, and only the M logit planes are put in image order at the end,
+    instead of two NCHW transposed convolutions and an NCHW LayerNorm over 16x the pixels.
+    """
+    n, _, c = image_tokens.shape
+    if not _is_pixel_local_upscaling(upscaling):
+        upscaled = upscaling(image_tokens.transpose(1, 2).reshape(n, c, h, w))
+        _, cu, hu, wu = upscaled.shape
+        return (hyper_in @ upscaled.view(n, cu, hu * wu)).view(n, -1, hu, wu)
+    up1, norm, act1, up2, act2 = upscaling
+    x = _upsample_2x2(up1, image_tokens)  # (N, hw, dy, dx, C/4)
+    x = act1(nn.functional.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
+    x = act2(_upsample_2x2(up2, x))  # (N, hw, dy, dx, ey, ex, C/8)
+    m = hyper_in.shape[1]
+    logits = hyper_in @ x.view(n, -1, x.shape[-1]).transpose(1, 2)  # (N, M, hw * 16)
+    # output row 4y + 2dy + ey, column 4x + 2dx + ex
+    logits = logits.view(n, m, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
+    return logits.reshape(n, m, 4 * h, 4 * w)
