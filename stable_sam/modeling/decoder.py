@@ -70,40 +70,35 @@ def token_to_shared_image_attention(
     return attn.out_proj(out)
 
 
-def shared_image_to_token_attention(
-    attn: Attention, q: Tensor, k: Tensor, v: Tensor
-) -> Tensor:
-    """attn(q, k, v) for one image's tokens q (1, HW, C) over N prompts' tokens k, v (N, T, C):
-    the image side is projected once instead of once per prompt."""
+def image_to_token_attention(attn: Attention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """attn(q, k, v) for image tokens q (1 or N, HW, C) over N prompts' tokens k, v (N, T, C).
+
+    The scores are laid out (T, HW) per head, so that the softmax over the few prompt tokens
+    runs across contiguous rows of HW values (over rows of T = 7 values it costs as much as the
+    projections). One image's tokens q (batch 1) are projected once, the prompts folded into
+    the rows of one product per head.
+    """
     n, t, _ = k.shape
     heads = attn.num_heads
-    qh = _heads(attn.q_proj(q), heads)  # (1, heads, HW, d)
-    out = _attend(qh, _heads(attn.k_proj(k), heads), _heads(attn.v_proj(v), heads))
-    return attn.out_proj(out.transpose(1, 2).reshape(n, q.shape[1], -1))
-
-
-def first_block_forward_shared_image(
-    block: TwoWayAttentionBlock, queries: Tensor, image: Tensor, query_pe: Tensor, key_pe: Tensor
-) -> Tuple[Tensor, Tensor]:
-    """TwoWayAttentionBlock.forward for N prompts on one image's tokens (1, HW, C): SAM's block
-    with the image-side projections computed once (the keys are the same for every prompt until
-    this block's image-to-token attention makes them the prompt's own)."""
-    if block.skip_first_layer_pe:
-        queries = block.self_attn(q=queries, k=queries, v=queries)
+    qh = attn.q_proj(q)
+    b, hw, dim = qh.shape
+    kh = attn.k_proj(k).view(n, t, heads, -1)
+    vh = attn.v_proj(v).view(n, t, heads, -1)
+    if b == 1:  # batches (head, prompt)
+        qt = qh.view(hw, heads, -1).permute(1, 2, 0)  # (heads, d, HW)
+        scores = (kh.permute(2, 0, 1, 3).reshape(heads, n * t, -1) @ qt).view(heads * n, t, hw)
+        vb = vh.permute(2, 0, 1, 3).reshape(heads * n, t, -1)
+    else:  # batches (prompt, head)
+        qt = qh.view(n, hw, heads, -1).permute(0, 2, 3, 1)  # (N, heads, d, HW)
+        scores = (kh.transpose(1, 2) @ qt).view(n * heads, t, hw)
+        vb = vh.transpose(1, 2).reshape(n * heads, t, -1)
+    weights = torch.softmax(scores / math.sqrt(dim // heads), dim=1)
+    out = weights.transpose(1, 2) @ vb  # (batches, HW, d)
+    if b == 1:
+        out = out.view(heads, n, hw, -1).permute(1, 2, 0, 3)
     else:
-        q = queries + query_pe
-        queries = queries + block.self_attn(q=q, k=q, v=queries)
-    queries = block.norm1(queries)
-    k = image + key_pe
-    attn_out = token_to_shared_image_attention(
-        block.cross_attn_token_to_image, queries + query_pe, k, image
-    )
-    queries = block.norm2(queries + attn_out)
-    queries = block.norm3(queries + block.mlp(queries))
-    attn_out = shared_image_to_token_attention(
-        block.cross_attn_image_to_token, k, queries + query_pe, queries
-    )
-    return queries, block.norm4(image + attn_out)
+        out = out.view(n, heads, hw, -1).permute(0, 2, 1, 3)
+    return attn.out_proj(out.reshape(n, hw, dim))
 
 
 def block_forward(
@@ -121,6 +116,9 @@ def block_forward(
     feature stands in for the token of its query pixel). The image-to-token attention and the
     returned keys stay on the regular grid. `record["attention"]` receives the output mask
     token's weights over image tokens, averaged over heads: (N, H*W).
+
+    keys may be one image's tokens (1, HW, C) for the N prompts of queries (N, T, C) (layer 0
+    without keys_fn): its projections are then computed once, not once per prompt.
     """
     if block.skip_first_layer_pe:
         queries = block.self_attn(q=queries, k=queries, v=queries)
@@ -132,7 +130,11 @@ def block_forward(
     values = keys if keys_fn is None else keys_fn(keys, queries)
     q = queries + query_pe
     k = values + key_pe
-    queries = block.norm2(queries + block.cross_attn_token_to_image(q=q, k=k, v=values))
+    if values.shape[0] == 1:
+        attn_out = token_to_shared_image_attention(block.cross_attn_token_to_image, q, k, values)
+    else:
+        attn_out = block.cross_attn_token_to_image(q=q, k=k, v=values)
+    queries = block.norm2(queries + attn_out)
     if record is not None:
         t_o = slice(OUTPUT_MASK_TOKEN, OUTPUT_MASK_TOKEN + 1)
         probs = attention_probs(block.cross_attn_token_to_image, q[:, t_o], k)
@@ -141,8 +143,9 @@ def block_forward(
     queries = block.norm3(queries + block.mlp(queries))
 
     q = queries + query_pe
-    k = keys + key_pe
-    keys = block.norm4(keys + block.cross_attn_image_to_token(q=k, k=q, v=queries))
+    k = k if values is keys else keys + key_pe
+    attn_out = image_to_token_attention(block.cross_attn_image_to_token, k, q, queries)
+    keys = block.norm4(keys + attn_out)
     return queries, keys
 
 
@@ -154,30 +157,29 @@ def transformer_forward(
     keys_fn: Optional[KeysFn] = None,
     record: Optional[Dict[str, Tensor]] = None,
 ) -> Tuple[Tensor, Tensor]:
-    """TwoWayTransformer.forward; layers[PLUGIN_LAYER] runs through `block_forward`.
+    """TwoWayTransformer.forward, every block through `block_forward` (keys_fn and record at
+    layers[PLUGIN_LAYER] only).
 
     image_embedding (1 or N, C, H, W); image_pe (1 or N, C, H, W), broadcast rather than
     repeated. One image embedding is shared by the N prompts of point_embedding (N, T, C) up to
     the first block that makes the keys the prompt's own.
     """
-    image_tokens = image_embedding.flatten(2).permute(0, 2, 1)
+    image_tokens = image_embedding.flatten(2).transpose(1, 2).contiguous()
     # contiguous once: every block adds it to (N, HW, C) tokens, and a channels-first view
     # makes each of those adds a strided gather
     key_pe = image_pe.flatten(2).permute(0, 2, 1).contiguous()
     queries, keys = point_embedding, image_tokens
     for index, layer in enumerate(transformer.layers):
-        if index == PLUGIN_LAYER:
-            queries, keys = block_forward(
-                layer, queries, keys, point_embedding, key_pe, keys_fn, record
-            )
-        elif keys.shape[0] != queries.shape[0]:  # one image for all prompts (layer 0)
-            queries, keys = first_block_forward_shared_image(
-                layer, queries, keys, point_embedding, key_pe
-            )
-        else:
-            queries, keys = layer(
-                queries=queries, keys=keys, query_pe=point_embedding, key_pe=key_pe
-            )
+        site = index == PLUGIN_LAYER
+        queries, keys = block_forward(
+            layer,
+            queries,
+            keys,
+            point_embedding,
+            key_pe,
+            keys_fn if site else None,
+            record if site else None,
+        )
     q = queries + point_embedding
     k = keys + key_pe
     queries = transformer.norm_final_attn(
