@@ -78,19 +78,6 @@ struct GroupSample {
   CornerWeights<acc_t> aw;
 };
 
-// Cache lines of a corner's channels fetched ahead: the corners are gathers that hardware
-// prefetchers cannot predict, so the kernel waited on them (about 85% of its cycles in
-// `perf annotate` at B=8, C=256, G=8); past this, a channel run is a stream they do follow.
-constexpr int64_t kPrefetchBytes = 256;
-
-template <typename scalar_t>
-inline void prefetch_channels(const scalar_t* p, int64_t n) {
-  const int64_t bytes = std::min<int64_t>(n * static_cast<int64_t>(sizeof(scalar_t)), kPrefetchBytes);
-  for (int64_t off = 0; off < bytes; off += 64) {
-    __builtin_prefetch(reinterpret_cast<const char*>(p) + off);
-  }
-}
-
 template <typename scalar_t>
 void deformable_sample_forward_kernel_impl(
     const scalar_t* value, const at::opmath_type<scalar_t>* offset_tanh,
