@@ -131,10 +131,17 @@ def main(argv=None):
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "0")
     providers, rows = run(args)
+    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    shared = (
+        " **The machine was shared with other jobs while this ran**: the ratios, against "
+        "baselines measured in the same run, mean more than the absolute times."
+        if max(load, load_end) >= 1.0
+        else ""
+    )
     table = markdown_table(header(providers), rows)
     body = "\n\n".join([
         f"Machine: {machine_description()}. THP_MEM_ALLOC_ENABLE={thp}. "
-        f"Load average at start: {load:.1f}.",
+        f"Load average (1 min): {load:.1f} at the start, {load_end:.1f} at the end.{shared}",
         f"`deformable_sample` with C={args.channels}, {args.size}x{args.size}, fp32, offset_scale 4, "
         "all optional inputs; median of repeated runs after warm-up "
         "(`python benchmarks/bench_deformable_sample.py`). eager = the grid_sample composition "
