@@ -3,9 +3,9 @@
 //
 // The backward is deterministic and independent of the thread count. Its tasks are (batch
 // item, row band, channel block) triples, run in two phases (even bands, then odd bands): a
-// query moves at most `reach` rows from its own, and bands are at least 2 * reach tall, so the
-// tasks of one phase scatter into disjoint grad_value pixels, and each pixel receives its sums
-// in an order fixed by the shape (even bands, then odd bands; queries in order within a band).
+// query scatters at most r = ceil(offset_scale) + 2 rows from its own, and bands are at least
+// 2r tall, so the tasks of one phase scatter into disjoint grad_value pixels; each pixel gets
+// its sums in an order fixed by the shape (even bands, then odd; queries in order in a band).
 // The bands and the split of a group's channels into chunks depend on the shape only; how
 // many whole chunks one task takes depends on the thread count too, which changes no sum.
 #include "deformable_sample.h"
@@ -50,8 +50,7 @@ constexpr int64_t kQueryBlock = 256;
 // them per pixel, and every (query, unit) sum is taken whole by one task, so the number of
 // units per task (units_per_task, from the thread count) changes no bit of the result.
 struct BackwardTasks {
-  int64_t reach;             // rows between a query and any grad_value row it scatters into
-  int64_t bands;             // row bands, each >= 2 * reach rows tall unless bands == 1
+  int64_t bands;             // row bands, each >= 2 * (ceil(offset_scale) + 2) rows tall
   int64_t chunk;             // channels per unit (a whole group when C / G <= chunk)
   int64_t chunks_per_group;  // units per group
   int64_t units;             // G * chunks_per_group
@@ -60,7 +59,8 @@ struct BackwardTasks {
 
   BackwardTasks(const Dims& d, double offset_scale, int threads) {
     // y = i + offset_scale * tanh(.) stays within offset_scale rows of i; its corners are rows
-    // floor(y) and floor(y) + 1. One more row covers the rounding of y.
+    // floor(y) and floor(y) + 1. One more row covers the rounding of y. Bands of 2 * rows rows
+    // or more: a band then separates the two same-phase bands on either side of it.
     const double rows = std::ceil(offset_scale) + 2.0;
     bands = 4.0 * rows <= static_cast<double>(d.H) ? d.H / (2 * static_cast<int64_t>(rows)) : 1;
     const int64_t per_phase = d.B * ((bands + 1) / 2);

@@ -47,7 +47,8 @@ def test_upscaled_mask_logits_match_sams_upscaling(model, n, h, w, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("n, image_batch", [(1, 1), (3, 1), (3, 3)])
 def test_image_to_token_attention_matches_sams_attention(model, n, image_batch, dtype):
-    attn = _randomised(model.sam.mask_decoder.transformer.layers[0].cross_attn_image_to_token, dtype)
+    layer = model.sam.mask_decoder.transformer.layers[0]
+    attn = _randomised(layer.cross_attn_image_to_token, dtype)
     image = _randn(image_batch, 30, 256, dtype=dtype, seed=3)
     k, v = _randn(n, 7, 256, dtype=dtype, seed=4), _randn(n, 7, 256, dtype=dtype, seed=5)
     with torch.no_grad():
@@ -59,7 +60,8 @@ def test_image_to_token_attention_matches_sams_attention(model, n, image_batch, 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("n", [1, 4])
 def test_token_to_shared_image_attention_matches_sams_attention(model, n, dtype):
-    attn = _randomised(model.sam.mask_decoder.transformer.layers[0].cross_attn_token_to_image, dtype)
+    layer = model.sam.mask_decoder.transformer.layers[0]
+    attn = _randomised(layer.cross_attn_token_to_image, dtype)
     q = _randn(n, 7, 256, dtype=dtype, seed=6)
     k, v = _randn(1, 30, 256, dtype=dtype, seed=7), _randn(1, 30, 256, dtype=dtype, seed=8)
     with torch.no_grad():
