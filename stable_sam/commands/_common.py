@@ -12,9 +12,10 @@ import numpy as np
 
 from . import CliError
 
-MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "tiny",
+MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "tiny", "demo",
                "hq_vit_b", "hq_vit_l", "hq_vit_h", "hq_vit_tiny", "hq_tiny")
 RANDOM_MODEL_TYPES = ("tiny", "hq_tiny")  # random on purpose: no checkpoint needed
+EMBEDDED_MODEL_TYPES = ("demo",)  # weights ship in the package: no checkpoint needed
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +24,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         choices=MODEL_TYPES,
         default="vit_b",
         help="SAM backbone (default vit_b), hq_* for HQ-SAM; 'tiny' and 'hq_tiny' are random "
-        "models for demos",
+        "models for demos; 'demo' has its weights in the package (a small model trained on "
+        "generated scenes, to show the method, not a segmenter for photographs)",
     )
     parser.add_argument("--sam-checkpoint", help="official SAM weights, e.g. sam_vit_b_01ec64.pth")
     parser.add_argument(
@@ -71,7 +73,7 @@ def build_model(args):
     ):
         if path is not None and not os.path.isfile(path):
             raise CliError(f"{flag} {path!r}: no such file")
-    if args.sam_checkpoint is None:
+    if args.sam_checkpoint is None and args.model_type not in EMBEDDED_MODEL_TYPES:
         if args.model_type not in RANDOM_MODEL_TYPES:
             raise CliError(f"--sam-checkpoint is required for --model-type {args.model_type}")
         print(

@@ -17,6 +17,7 @@ METHODS = ("stable_sam", "stable_sam_no_drp", "stable_sam_no_rts", "pt_sam", "dt
 ALL_METHODS = ("sam",) + METHODS
 KINDS = ("box", "noisy_box", "points1", "points3")
 NUM_TEST_SCENES = 50
+CHECK_SCENES = 3  # the held-out scenes whose records CI re-evaluates with the shipped weights
 
 
 def prepare_scenes(out: Path, num_train: int, num_test: int = NUM_TEST_SCENES) -> dict:
@@ -86,7 +87,8 @@ def evaluate_methods(out: Path, base: Path, test_dir: Path, weights: dict,
                      methods=ALL_METHODS, prompts_per_image: int = 20, max_images: int = 0,
                      progress: bool = True) -> dict:
     """The issue's table: {"methods": {NAME: {"trainable_params", "kinds": {KIND: {"mIoU",
-    "mBIoU", "mSF"}}}}}, percentages; the prompts are frozen once into OUT/prompts_test.json."""
+    "mBIoU", "mSF"}}}}}, percentages; the prompts are frozen once into OUT/prompts_test_*.json.
+    A method whose row OUT already holds is not evaluated again."""
     import torch
 
     from ..data.hqseg import HQSegDataset
@@ -102,13 +104,19 @@ def evaluate_methods(out: Path, base: Path, test_dir: Path, weights: dict,
     prompts = load_prompts(prompts_file)
     table = {"methods": {}}
     for method in methods:
+        row_file = out / f"row_{method}_{prompts_file.stem}.json"
+        if row_file.is_file():  # evaluated before (each method's row is kept on its own)
+            table["methods"][method] = read_table(row_file)
+            continue
         model, predictor = load_method(method, base, weights.get(method))
         with torch.no_grad():
             results = evaluate_masks(predictor, dataset, prompts, list(KINDS), progress=progress)
+        write_json_atomic(out / f"records_{method}_{prompts_file.stem}.json", results["records"])
         table["methods"][method] = {
             "trainable_params": trainable_params(model, method),
             "kinds": {kind: _percentages(results["kinds"][kind]) for kind in KINDS},
         }
+        write_json_atomic(row_file, table["methods"][method])
     return table
 
 
@@ -126,3 +134,12 @@ def write_table(path: Path, table: dict) -> Path:
 
 def read_table(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def shipped_check_records(out: Path, prompts_per_image: int, num_test: int) -> dict:
+    """The full run's per-target records of the first CHECK_SCENES held-out scenes for the
+    two shipped methods: CI evaluates those scenes with the same frozen prompts and compares."""
+    stem = f"prompts_test_{num_test}x{prompts_per_image}"
+    return {"prompts_per_image": prompts_per_image, "scenes": CHECK_SCENES,
+            "records": {m: [r for r in json.loads((out / f"records_{m}_{stem}.json").read_text())
+                            if r["image"] < CHECK_SCENES] for m in ("sam", "stable_sam")}}
