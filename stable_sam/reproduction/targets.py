@@ -48,8 +48,8 @@ def check_targets(table: dict) -> List[Tuple[str, bool, str]]:
                      for k in ("noisy_box", "points1")),
          "; ".join(f"{KIND_TITLES[k]}: {g('stable_sam', k):.1f} vs PT {g('pt_sam', k):.1f}, "
                    f"DT {g('dt_sam', k):.1f}" for k in ("noisy_box", "points1"))),
-        ("about 50x fewer trainable parameters than DT-SAM (at least 25x)",
-         lambda: ratio >= 25, f"{params['stable_sam']:,} vs {params['dt_sam']:,} ({ratio:.0f}x)"),
+        ("about 50x fewer trainable parameters than DT-SAM (at least 40x)",
+         lambda: ratio >= 40, f"{params['stable_sam']:,} vs {params['dt_sam']:,} ({ratio:.0f}x)"),
     ]
     return [(name, bool(test()), measured) for name, test, measured in checks]
 
