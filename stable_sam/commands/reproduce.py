@@ -27,7 +27,9 @@ SHIPPED_CHECK = Path("tests/stable_sam/reproduction/shipped_weights_records.json
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("reproduce", help=HELP, description=HELP)
-    parser.add_argument("--out", default="runs/reproduction", help="work folder")
+    parser.add_argument("--out", default="runs/reproduction",
+                        help="work folder; a stage whose output is already there is reused, not "
+                        "rerun (use a fresh folder after changing a setting)")
     parser.add_argument("--train-scenes", type=int, default=1200)
     parser.add_argument("--test-scenes", type=int, default=50)
     parser.add_argument("--base-steps", type=int, default=1500)
@@ -37,6 +39,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "spin-waits behind other processes and ran 5-10x slower here)")
     parser.add_argument("--publish", action="store_true",
                         help="also write benchmarks/reproduction.json, the RESULTS.md section "
+                        "(both relative to the current folder: run it from the repository root) "
                         "and the embedded demo weights (stable_sam/weights/)")
     return parser
 
