@@ -63,8 +63,9 @@ def _shape(rng: np.random.Generator, kind: str, centre, scale: float, height: in
     elif kind == "bar":
         count = int(rng.integers(2, 4))
         pts = np.array([cx, cy]) + rng.uniform(-1.6, 1.6, size=(count, 2)) * scale
+        # at least 5 px thick: thin, yet wider than one cell of the 64x64 low-res mask
         cv2.polylines(canvas, [pts.round().astype(np.int32)], False, 1,
-                      thickness=int(rng.integers(3, 7)))
+                      thickness=int(rng.integers(5, 10)))
     elif kind == "polygon":
         count = int(rng.integers(3, 8))
         angles = np.sort(rng.uniform(0, 2 * np.pi, count))
@@ -87,7 +88,9 @@ def _near_boundary(rng: np.random.Generator, mask: np.ndarray) -> tuple[float, f
 def _paint(image: np.ndarray, shape: np.ndarray, rng: np.random.Generator) -> None:
     height, width = shape.shape
     colour = rng.uniform(30, 225, size=3).astype(np.float32)
-    fill = _texture(rng, height, width, colour, float(rng.uniform(0.3, 1.0)))
+    # Objects are less textured than the background: where an object ends is visible, so a
+    # tight prompt is enough; which object a loose prompt means is the ambiguity left.
+    fill = _texture(rng, height, width, colour, float(rng.uniform(0.15, 0.6)))
     image[shape] = fill[shape]
 
 
@@ -107,12 +110,12 @@ def make_scene(seed: int, index: int, size: int = 256) -> Scene:
         centre = rng.uniform(0.05, 0.95, size=2) * size
         add(_shape(rng, str(rng.choice(("blob", "polygon"))), centre, size * 0.04, height, width))
     target_shape = _shape(rng, str(rng.choice(SHAPES)), rng.uniform(0.35, 0.65, size=2) * size,
-                          size * rng.uniform(0.12, 0.22), height, width)
+                          size * rng.uniform(0.15, 0.25), height, width)
     add(target_shape)
     target = len(masks) - 1
     for _ in range(int(rng.integers(2, 5))):  # neighbours touching / overlapping the target
         centre = _near_boundary(rng, target_shape)
-        shape = _shape(rng, str(rng.choice(SHAPES)), centre, size * rng.uniform(0.08, 0.18),
+        shape = _shape(rng, str(rng.choice(SHAPES)), centre, size * rng.uniform(0.10, 0.20),
                        height, width)
         if rng.uniform() < 0.5:  # behind the target: it touches without hiding it
             shape &= ~np.any(masks[target:], axis=0)

@@ -11,7 +11,7 @@ from stable_sam.reproduction.demo_model import build_demo_sam
 
 def test_trains_and_writes_a_loadable_base(tmp_path):
     path = tmp_path / "base.safetensors"
-    summary = train_base_sam(BaseTrainConfig(num_scenes=4, steps=3, batch_size=2), path,
+    summary = train_base_sam(BaseTrainConfig(num_scenes=4, steps=3, images_per_step=2, targets_per_image=2), path,
                              progress=False)
     assert summary["steps"] == 3 and path.is_file()
     model = build_stable_sam("demo", sam_checkpoint=str(path))
