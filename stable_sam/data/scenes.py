@@ -2,7 +2,7 @@
 
 Each scene has several objects that touch and overlap the target (so a loose box also holds
 parts of its neighbours), rings with holes and thin bars (boundary-heavy shapes), textured
-objects on a textured background (a mask is not a colour threshold), small clutter, and objects
+objects on a more strongly textured background, small clutter, and objects
 drawn over the target (occlusion). Every draw comes from `numpy.random.default_rng([seed, i])`,
 so a split is fixed by its seed; the training and the held-out split use different seeds.
 
@@ -37,7 +37,7 @@ class Scene:
 def _texture(rng: np.random.Generator, height: int, width: int, base: np.ndarray,
              strength: float) -> np.ndarray:
     # Colour noise at a random scale plus oriented stripes: objects and background share the
-    # kind of texture, so only shape and context separate them.
+    # kind of texture, so a mask is not a colour threshold.
     cells = int(rng.integers(4, 16))
     coarse = rng.normal(0, 1, size=(cells, cells, 3)).astype(np.float32)
     field = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
