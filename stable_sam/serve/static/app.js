@@ -282,12 +282,16 @@ async function loadScene() {
   }
 }
 
+function sizeText(bytes) {
+  return bytes < 2 ** 20 ? `${Math.round(bytes / 1024)} KiB` : `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+}
+
 async function upload(file) {
   if (!file) return;
   const limit = state.info.max_upload_bytes;
   if (file.size > limit) {
-    showError(`${file.name} is ${(file.size / 2 ** 20).toFixed(1)} MiB, over the server's ` +
-              `limit of ${(limit / 2 ** 20).toFixed(0)} MiB`);
+    showError(`${file.name} is ${sizeText(file.size)}, over the server's limit of ` +
+              `${sizeText(limit)}`);
     return;
   }
   setStatus(`Uploading ${file.name} and computing its embedding ...`);

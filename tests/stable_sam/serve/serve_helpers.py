@@ -1,0 +1,39 @@
+"""HTTP and image helpers shared by the serve tests."""
+import base64
+import io
+import json
+import urllib.error
+import urllib.request
+
+import numpy as np
+from PIL import Image
+
+
+def request(url, data=None, content_type="application/json", method=None, timeout=60):
+    """(status, parsed JSON or raw bytes) of one HTTP request; 4xx/5xx are returned, not raised."""
+    if isinstance(data, (dict, list)):
+        data = json.dumps(data).encode()
+    req = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None
+                                                                    else "GET"))
+    if data is not None:
+        req.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            status, body, kind = response.status, response.read(), response.headers.get_content_type()
+    except urllib.error.HTTPError as exc:
+        status, body, kind = exc.code, exc.read(), exc.headers.get_content_type()
+    return status, json.loads(body) if kind == "application/json" else body
+
+
+def png_array(data) -> np.ndarray:
+    """A PNG (bytes or a data URL) as a numpy array."""
+    if isinstance(data, str):
+        data = base64.b64decode(data.split(",", 1)[1])
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im)
+
+
+def png_file_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
