@@ -72,7 +72,8 @@ async def _json_body(request: Request) -> dict:
 async def _read_limited(request: Request, limit: int) -> bytes:
     """The request body, refused as soon as it passes `limit` bytes (no more is read)."""
     declared = request.headers.get("content-length")
-    too_big = f"the upload is over the server's limit of {limit // (1024 * 1024)} MiB"
+    limit_text = f"{round(limit / 1024)} KiB" if limit < 2**20 else f"{limit / 2**20:.1f} MiB"
+    too_big = f"the upload is over the server's limit of {limit_text}"
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise UploadTooLarge(too_big)
     chunks, size = [], 0

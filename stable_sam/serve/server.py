@@ -37,7 +37,11 @@ def _server(app, log_level: str):
 
 
 def serve_forever(app, sock: socket.socket, log_level: str = "warning") -> None:
-    _server(app, log_level).run(sockets=[sock])
+    """Serves until Ctrl+C (or SIGTERM); uvicorn finishes the requests in progress first."""
+    try:
+        _server(app, log_level).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises the Ctrl+C it handled: the server has already stopped
 
 
 class ServerThread:
