@@ -239,7 +239,7 @@ async function shake() {
     result.overlays = {};
     for (const model of MODELS) {
       result.overlays[model] = await tinted(result.models[model].frequency_png,
-                                            MASK_COLOUR[model], 0.75);
+                                            MASK_COLOUR[model], 0.9);
     }
     if (generation !== state.generation) return;
     state.shake = result;

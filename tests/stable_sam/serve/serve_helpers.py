@@ -2,6 +2,8 @@
 import base64
 import io
 import json
+import os
+import shutil
 import urllib.error
 import urllib.request
 
@@ -37,3 +39,26 @@ def png_file_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+CHROMIUM = next((p for p in ("/usr/lib/chromium/chromium", "/usr/bin/chromium") if os.path.exists(p)),
+                None)
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+def start_chromium(download_dir, width: int = 1300, height: int = 1000):
+    """Debian's headless chromium through its chromedriver (Selenium; nothing is downloaded)."""
+    assert CHROMIUM and CHROMEDRIVER, (
+        "the browser tests need Debian's chromium and chromium-driver: run scripts/setup.sh "
+        "(as root it installs them) or apt-get install chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 f"--window-size={width},{height}", "--force-device-scale-factor=1"):
+        options.add_argument(flag)
+    options.add_experimental_option("prefs", {"download.default_directory": str(download_dir),
+                                              "download.prompt_for_download": False})
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)

@@ -6,18 +6,13 @@ with the mask the session computes for the same box, the mSF against the session
 page's seed, the downloaded files against the mask.
 """
 import json
-import os
-import shutil
 import threading
 import time
 
 import numpy as np
 import pytest
-from serve_helpers import png_array, png_file_bytes, request
+from serve_helpers import png_array, png_file_bytes, request, start_chromium
 
-CHROMIUM = next((p for p in ("/usr/lib/chromium/chromium", "/usr/bin/chromium") if os.path.exists(p)),
-                None)
-CHROMEDRIVER = shutil.which("chromedriver")
 TIMEOUT = 30  # seconds for any one thing the page does
 LIMITS = {"max_upload_bytes": 400_000, "max_upload_pixels": 300 * 300, "max_in_flight": 2}
 
@@ -40,20 +35,7 @@ def downloads(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(downloads):
-    assert CHROMIUM and CHROMEDRIVER, (
-        "the browser tests need Debian's chromium and chromium-driver: run scripts/setup.sh "
-        "(as root it installs them) or apt-get install chromium chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1300,1000", "--force-device-scale-factor=1"):
-        options.add_argument(flag)
-    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                              "download.prompt_for_download": False})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = start_chromium(downloads)
     driver.set_script_timeout(TIMEOUT)
     try:
         yield driver
