@@ -104,8 +104,8 @@ def test_the_embedding_is_computed_once_per_image_and_the_cache_is_lru(demo_mode
                         lambda image, *a, **k: calls.append(1) or original(image, *a, **k))
     a, b, c = scene(4), scene(5), scene(6, 200)
     id_a = session.add_image(a)["image_id"]
-    id_b = session.add_image(b)["image_id"]
     assert session.add_image(a.copy())["image_id"] == id_a  # same pixels: no new embedding
+    id_b = session.add_image(b)["image_id"]
     assert len(calls) == 2
     for _ in range(3):  # alternating images: each prompt runs on its own image's embedding
         for image, image_id in ((a, id_a), (b, id_b)):
