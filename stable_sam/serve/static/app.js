@@ -6,6 +6,7 @@
 const MODELS = ["sam", "stable_sam"];
 const MASK_COLOUR = { sam: [30, 144, 255], stable_sam: [30, 144, 255] };
 const POINT_COLOUR = { sam: "rgb(255,64,64)", stable_sam: "rgb(255,215,0)" };
+const TITLES = { sam: "SAM <span class=\"muted\">(plugins off)</span>", stable_sam: "Stable-SAM" };
 
 const state = {
   info: null,
@@ -348,7 +349,28 @@ function attachPointer(canvas) {
 
 // ---- start -------------------------------------------------------------------------------------
 
+// One panel per model from the page's template; elements get ids like "score-sam".
+function buildPanels() {
+  for (const model of MODELS) {
+    const panel = $("panel").content.firstElementChild.cloneNode(true);
+    panel.dataset.model = model;
+    panel.querySelector("figcaption").innerHTML = TITLES[model];
+    panel.querySelector("canvas").id = `canvas-${model}`;
+    for (const part of ["score", "stability", "routing"]) {
+      panel.querySelector(`.${part}`).id = `${part}-${model}`;
+    }
+    const png = panel.querySelector("a.png");
+    png.id = `download-png-${model}`;
+    png.download = `${model}_mask.png`;
+    const rle = panel.querySelector("a.rle");
+    rle.id = `download-rle-${model}`;
+    rle.download = `${model}_mask_rle.json`;
+    $("panels").appendChild(panel);
+  }
+}
+
 async function start() {
+  buildPanels();
   MODELS.forEach((model) => attachPointer($(`canvas-${model}`)));
   $("load-scene").addEventListener("click", loadScene);
   $("upload").addEventListener("change", (event) => upload(event.target.files[0]));

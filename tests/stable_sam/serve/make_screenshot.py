@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))))
 
-from serve_helpers import start_chromium  # noqa: E402
+from serve_helpers import live_server, start_chromium  # noqa: E402
 
 
 def wait(driver, key, before=None, timeout=60):
@@ -35,12 +35,9 @@ def main() -> None:
 
     from stable_sam.build import build_stable_sam
     from stable_sam.data._io import write_atomic
-    from stable_sam.serve.app import create_app
-    from stable_sam.serve.server import ServerThread
-    from stable_sam.serve.session import DemoSession
 
-    session = DemoSession(build_stable_sam("demo").eval())
-    with ServerThread(create_app(session)) as url, tempfile.TemporaryDirectory() as downloads:
+    with live_server(build_stable_sam("demo").eval(), 4) as (_, url), \
+            tempfile.TemporaryDirectory() as downloads:
         driver = start_chromium(downloads, 1000, 900)
         try:
             driver.get(url)

@@ -1,5 +1,6 @@
 """HTTP and image helpers shared by the serve tests."""
 import base64
+import contextlib
 import io
 import json
 import os
@@ -62,3 +63,15 @@ def start_chromium(download_dir, width: int = 1300, height: int = 1000):
     options.add_experimental_option("prefs", {"download.default_directory": str(download_dir),
                                               "download.prompt_for_download": False})
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@contextlib.contextmanager
+def live_server(model, cache_size: int, **limits):
+    """(session, url) of the demo app on 127.0.0.1 (a free port), stopped when the block ends."""
+    from stable_sam.serve.app import create_app
+    from stable_sam.serve.server import ServerThread
+    from stable_sam.serve.session import DemoSession
+
+    session = DemoSession(model, cache_size=cache_size)
+    with ServerThread(create_app(session, **limits)) as url:
+        yield session, url

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 import pytest
-from serve_helpers import png_array, png_file_bytes, request
+from serve_helpers import live_server, png_array, png_file_bytes, request
 
 from stable_sam.data.scenes import TEST_SEED, make_scene
 
@@ -14,13 +14,8 @@ LIMITS = {"max_upload_bytes": 300_000, "max_upload_pixels": 320 * 320, "max_in_f
 
 @pytest.fixture(scope="module")
 def served(demo_model):
-    from stable_sam.serve.app import create_app
-    from stable_sam.serve.server import ServerThread
-    from stable_sam.serve.session import DemoSession
-
-    session = DemoSession(demo_model, cache_size=3)
-    with ServerThread(create_app(session, **LIMITS)) as url:
-        yield session, url
+    with live_server(demo_model, cache_size=3, **LIMITS) as served:
+        yield served
 
 
 def upload(url, data):
@@ -30,7 +25,7 @@ def upload(url, data):
 def test_page_static_files_and_info(served):
     _, url = served
     status, page = request(url)
-    assert status == 200 and b'id="canvas-stable_sam"' in page and b"/static/app.js" in page
+    assert status == 200 and b'<template id="panel">' in page and b"/static/app.js" in page
     for name, marker in (("app.js", b"/api/predict"), ("style.css", b"canvas")):
         status, body = request(url + "static/" + name)
         assert status == 200 and marker in body

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from serve_helpers import png_array, png_file_bytes, request, start_chromium
+from serve_helpers import live_server, png_array, png_file_bytes, request, start_chromium
 
 TIMEOUT = 30  # seconds for any one thing the page does
 LIMITS = {"max_upload_bytes": 400_000, "max_upload_pixels": 300 * 300, "max_in_flight": 2}
@@ -19,13 +19,8 @@ LIMITS = {"max_upload_bytes": 400_000, "max_upload_pixels": 300 * 300, "max_in_f
 
 @pytest.fixture(scope="module")
 def served(demo_model):
-    from stable_sam.serve.app import create_app
-    from stable_sam.serve.server import ServerThread
-    from stable_sam.serve.session import DemoSession
-
-    session = DemoSession(demo_model, cache_size=4)
-    with ServerThread(create_app(session, **LIMITS)) as url:
-        yield session, url
+    with live_server(demo_model, cache_size=4, **LIMITS) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
