@@ -159,3 +159,25 @@ def test_prompts_on_the_far_edges_are_inside():
     prompts = validate_prompts([0, 0, 256, 200], [[256, 200, 0], [0, 0, 1]], (200, 256, 3))
     assert prompts.box.tolist() == [0, 0, 256, 200]
     assert prompts.point_labels.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("model_type", ["tiny", "hq_tiny"])
+def test_other_model_types_get_their_own_embedding_back(model_type):
+    """Real weights take the same path: a ViT SAM, and HQ-SAM whose decoder also reads the
+    encoder's early features (put back with the embedding when another image came between)."""
+    from stable_sam.build import build_stable_sam
+    from stable_sam.predictor import predictor_for
+    from stable_sam.serve.session import DemoSession
+
+    model = build_stable_sam(model_type).eval()
+    session = DemoSession(model)
+    first, second = scene(1, 300), scene(2, 200)
+    image_id = session.add_image(first)["image_id"]
+    session.add_image(second)
+    out = session.predict(image_id, [10, 10, 200, 200])
+    predictor = predictor_for(model)
+    predictor.set_image(first)
+    for name, use in (("sam", False), ("stable_sam", True)):
+        mask = predictor.predict(box=np.array([10, 10, 200, 200.]), multimask_output=False,
+                                 use_plugins=use)[0][0]
+        assert np.array_equal(png_array(out["models"][name]["mask_png"]) > 0, mask)
