@@ -3,7 +3,7 @@
     GET  /                       the page
     GET  /api/info               model, scenes, limits
     POST /api/scenes/{index}     load a bundled held-out scene -> {image_id, width, height, box}
-    POST /api/images             load an uploaded image (the raw file as the body) -> {image_id, ...}
+    POST /api/images             load an uploaded image (the file as the body) -> {image_id, ...}
     GET  /api/images/{id}.png    a loaded image, as the server decoded it (EXIF applied)
     POST /api/predict            {image_id, box?, points?} -> both models' masks
     POST /api/shake              {image_id, box, seed?} -> 20 noisy boxes, both models' masks, mSF
@@ -69,6 +69,10 @@ async def _json_body(request: Request) -> dict:
     return body
 
 
+class UploadTooLarge(UploadError):
+    """An upload over the byte limit (answered 413)."""
+
+
 async def _read_limited(request: Request, limit: int) -> bytes:
     """The request body, refused as soon as it passes `limit` bytes (no more is read)."""
     declared = request.headers.get("content-length")
@@ -83,10 +87,6 @@ async def _read_limited(request: Request, limit: int) -> bytes:
             raise UploadTooLarge(too_big)
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-class UploadTooLarge(UploadError):
-    pass
 
 
 def create_app(session: DemoSession, *, model_name: str = "demo",

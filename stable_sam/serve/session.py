@@ -12,10 +12,11 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
+
 import numpy as np
 import torch
 
-from ..commands._common import Prompts, predict
+from ..commands._common import predict
 from ..data.prompts import noisy_box
 from ..evaluation.coco import rle_json
 from ..evaluation.metrics import stability_score
@@ -55,7 +56,7 @@ class DemoSession:
     # -- images ---------------------------------------------------------------------------------
 
     def add_image(self, image: np.ndarray) -> dict:
-        """Embeds an RGB uint8 HxWx3 image (once: a known image only moves to the cache's front)
+        """Embeds an RGB uint8 HxWx3 image (once: a known image only becomes the most recently used)
         and returns {image_id, width, height}."""
         digest = hashlib.sha256(np.ascontiguousarray(image).tobytes())
         digest.update(repr(image.shape).encode())
@@ -149,7 +150,7 @@ class DemoSession:
             image = self._activate(image_id)
             height, width = image.shape[:2]
             user_box = validate_box(box, image.shape)
-            rng = np.random.default_rng([int(seed), 0x5A4B])
+            rng = np.random.default_rng(int(seed))
             boxes = np.stack([noisy_box(user_box, rng, SHAKE_NOISE_SCALE, (0.0, 1.0),
                                         (height, width)) for _ in range(count)])
             frame_boxes = self.predictor.transform.apply_boxes(boxes, (height, width))
@@ -178,7 +179,3 @@ def scene_image(index: int, num_scenes: int) -> tuple[np.ndarray, list[float]]:
     scene = make_scene(TEST_SEED, index)
     box, _ = casual_prompts(scene.masks[scene.target])
     return scene.image, [round(float(v), 1) for v in box]
-
-
-__all__ = ["DemoSession", "MODELS", "Prompts", "PromptError", "UnknownImageError",
-           "scene_image"]

@@ -380,7 +380,6 @@ async function start() {
   });
   $("shake").addEventListener("click", shake);
   $("show-sampling").addEventListener("change", () => { showNumbers(); drawAll(); });
-  $("casual").disabled = true;
   try {
     state.info = await api("/api/info");
   } catch (err) {

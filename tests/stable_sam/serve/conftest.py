@@ -1,7 +1,5 @@
-"""The demo model, its session and a live server on 127.0.0.1 (a free port), shared by the
-serve tests; the server stops at the end of the module that started it."""
+"""The demo model (built once for all the serve tests) and a fresh session on it per test."""
 import pytest
-
 
 
 @pytest.fixture(scope="session")
@@ -16,4 +14,3 @@ def session(demo_model):
     from stable_sam.serve.session import DemoSession
 
     return DemoSession(demo_model, cache_size=2)
-

@@ -22,7 +22,8 @@ def request(url, data=None, content_type="application/json", method=None, timeou
         req.add_header("Content-Type", content_type)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as response:
-            status, body, kind = response.status, response.read(), response.headers.get_content_type()
+            status, body = response.status, response.read()
+            kind = response.headers.get_content_type()
     except urllib.error.HTTPError as exc:
         status, body, kind = exc.code, exc.read(), exc.headers.get_content_type()
     return status, json.loads(body) if kind == "application/json" else body
@@ -42,8 +43,8 @@ def png_file_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-CHROMIUM = next((p for p in ("/usr/lib/chromium/chromium", "/usr/bin/chromium") if os.path.exists(p)),
-                None)
+CHROMIUM = next((path for path in ("/usr/lib/chromium/chromium", "/usr/bin/chromium")
+                 if os.path.exists(path)), None)
 CHROMEDRIVER = shutil.which("chromedriver")
 
 

@@ -234,8 +234,8 @@ def test_bad_inputs_show_a_message_and_the_server_keeps_serving(browser, served,
     image_id = body_data(browser, "image")
     session.lock.acquire()
     try:
-        others = [threading.Thread(target=request, args=(url + "api/predict",
-                                                         {"image_id": image_id, "box": [1, 1, 9, 9]}))
+        payload = {"image_id": image_id, "box": [1, 1, 9, 9]}
+        others = [threading.Thread(target=request, args=(url + "api/predict", payload))
                   for _ in range(LIMITS["max_in_flight"])]
         for thread in others:
             thread.start()

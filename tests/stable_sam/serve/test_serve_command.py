@@ -38,8 +38,10 @@ def no_model(monkeypatch):
     (["--max-upload-mb", "0"], "--max-upload-mb must be >= 1, is 0"),
     (["--max-pixels", "0"], "--max-pixels must be >= 1, is 0"),
     (["--max-in-flight", "0"], "--max-in-flight must be >= 1, is 0"),
-    (["--port", "0", "--sam-checkpoint", "missing.pth"], "--sam-checkpoint 'missing.pth': no such file"),
-    (["--port", "0", "--model-type", "vit_b"], "--sam-checkpoint is required for --model-type vit_b"),
+    (["--port", "0", "--sam-checkpoint", "missing.pth"],
+     "--sam-checkpoint 'missing.pth': no such file"),
+    (["--port", "0", "--model-type", "vit_b"],
+     "--sam-checkpoint is required for --model-type vit_b"),
     (["--port", "0", "--host", "203.0.113.7"], "cannot listen on 203.0.113.7:0"),
 ])
 def test_bad_options_are_one_line_errors_before_the_model_loads(no_model, capsys, argv, message):
