@@ -16,7 +16,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 import torch
@@ -29,6 +28,7 @@ from common import (  # noqa: E402
     median_time_ms,
     op_bytes,
     write_results_section,
+    write_text_atomic,
 )
 
 from stable_sam_ops import available_backends, deformable_sample  # noqa: E402
@@ -194,22 +194,9 @@ def report(rows, notes):
 
 
 def write_out_dir_table(out_dir, gpu, body):
-    """bench_deformable_sample_gpu.md in out_dir, replaced atomically with the permissions a
-    plain open() gives (the umask's), so a reader never sees half a table."""
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "bench_deformable_sample_gpu.md")
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".bench_deformable_sample_gpu.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(f"## GPU: deformable_sample on {gpu}\n\n{body}\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """bench_deformable_sample_gpu.md in out_dir, replaced atomically after every row."""
+    write_text_atomic(os.path.join(out_dir, "bench_deformable_sample_gpu.md"),
+                      f"## GPU: deformable_sample on {gpu}\n\n{body}\n")
 
 
 def make_row(B, G, dtype_name, backward, ms, copy_bw, dtype):

@@ -108,10 +108,31 @@ def machine_description(device: Optional[str] = None) -> str:
     return "; ".join(parts)
 
 
+def write_text_atomic(path: str, text: str) -> None:
+    """Replaces `path` with `text` through a temp file in the same folder and os.replace, so a
+    reader (or a killed run) never leaves half a table; the file gets the mode a plain open()
+    would give it (mkstemp's is 0600). Standalone on purpose: the GPU machine has no
+    segment-anything, so benchmarks of the op must not import stable_sam."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def write_results_section(title: str, body: str, path: str = RESULTS_PATH) -> None:
     """Replaces the section `## {title}` of RESULTS.md (or appends it), leaving the others intact.
 
-    The file is rewritten atomically (temp file in the same folder, then os.replace).
+    The file is rewritten atomically (`write_text_atomic`).
     """
     if not title or "\n" in title:
         raise ValueError(f"write_results_section: title must be one non-empty line, got {title!r}")
@@ -128,13 +149,4 @@ def write_results_section(title: str, body: str, path: str = RESULTS_PATH) -> No
         text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
     else:
         text = text.rstrip("\n") + "\n\n" + section
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".RESULTS.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, text)

@@ -108,3 +108,13 @@ def test_write_results_section_replaces_only_its_section(tmp_path):
     assert os.listdir(tmp_path) == ["RESULTS.md"]  # no temp file left behind
     with pytest.raises(ValueError, match="title must be one non-empty line"):
         write_results_section("two\nlines", "x", path=path)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_write_results_section_honours_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        write_results_section("Fused op on CPU", "table", path=str(tmp_path / "RESULTS.md"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "RESULTS.md").stat().st_mode & 0o777 == 0o666 & ~umask

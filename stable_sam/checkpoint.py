@@ -2,12 +2,12 @@
 weights, saved on their own as safetensors with metadata."""
 
 import os
-import tempfile
 from typing import Any, Dict, Mapping
 
 import torch
 from torch import Tensor, nn
 
+from .data._io import write_atomic
 from .modeling.plugins import PluginConfig
 
 PLUGIN_FORMAT = "stable-sam-plugins"
@@ -59,6 +59,20 @@ def check_state_dict(
         raise CheckpointError(f"{what} {path!r} does not match the model: " + "; ".join(problems))
 
 
+def check_plugin_values(tensors: Mapping[str, Tensor], path: str) -> None:
+    """Refuses what load_state_dict would accept silently: another kind of number (an integer
+    or boolean tensor would be cast to float; every plugin weight is floating point) and NaN or
+    infinite weights (they load, then every mask comes out empty)."""
+    not_float = [f"{k} ({t.dtype})" for k, t in tensors.items() if not t.is_floating_point()]
+    if not_float:
+        raise CheckpointError(f"plugin checkpoint {path!r} holds tensors of another kind than "
+                              f"the model's floating-point weights: {_short(not_float)}")
+    non_finite = [k for k, t in tensors.items() if not bool(torch.isfinite(t).all())]
+    if non_finite:
+        raise CheckpointError(
+            f"plugin checkpoint {path!r} holds NaN or infinite values in {_short(non_finite)}")
+
+
 def _short(items, limit: int = 5) -> str:
     shown = ", ".join(items[:limit])
     return f"[{shown}{', ...' if len(items) > limit else ''}] ({len(items)})"
@@ -79,19 +93,6 @@ def load_sam_checkpoint(sam: nn.Module, path: str) -> None:
     sam.load_state_dict(state_dict, strict=True)
 
 
-def _atomic_write(path: str, write) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_plugins(model: nn.Module, path: str) -> None:
     """Writes model.plugins' weights and metadata to a safetensors file, atomically."""
     from safetensors.torch import save_file
@@ -104,7 +105,7 @@ def save_plugins(model: nn.Module, path: str) -> None:
         "plugin_config": model.plugins.config.to_json(),
         "package_version": _package_version(),
     }
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), durable=True)
 
 
 def read_plugin_metadata(path: str) -> Dict[str, Any]:
@@ -145,14 +146,33 @@ def read_plugin_metadata(path: str) -> Dict[str, Any]:
     }
 
 
+def _read_plugin_tensors(path: str) -> Dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except Exception as exc:
+        raise CheckpointError(
+            f"plugin checkpoint {path!r} could not be read (corrupt or truncated?): {exc}"
+        ) from exc
+
+
+def check_plugin_file(path: str) -> Dict[str, Any]:
+    """Reads a plugin file's metadata and checks its tensors (floating point and finite: every
+    plugin weight is) without a model; returns the metadata. For commands that check their
+    arguments before they build anything."""
+    meta = read_plugin_metadata(path)
+    tensors = _read_plugin_tensors(path)
+    check_plugin_values(tensors, path)
+    return meta
+
+
 def load_plugins(model: nn.Module, path: str) -> Dict[str, Any]:
     """Loads plugin weights saved by `save_plugins` into model.plugins; returns the metadata.
 
     The file's model type and plugin config must match the model's (the plugins are trained on
     one backbone's features), and its tensors must match model.plugins' keys and shapes.
     """
-    from safetensors.torch import load_file
-
     meta = read_plugin_metadata(path)
     if meta["model_type"] and model.model_type and meta["model_type"] != model.model_type:
         raise CheckpointError(
@@ -170,12 +190,8 @@ def load_plugins(model: nn.Module, path: str) -> Dict[str, Any]:
         raise CheckpointError(
             f"plugin checkpoint {path!r} has another plugin config: {'; '.join(diff)}"
         )
-    try:
-        tensors = load_file(path, device="cpu")
-    except Exception as exc:
-        raise CheckpointError(
-            f"plugin checkpoint {path!r} could not be read (corrupt or truncated?): {exc}"
-        ) from exc
+    tensors = _read_plugin_tensors(path)
     check_state_dict(model.plugins, tensors, path, "plugin checkpoint")
+    check_plugin_values(tensors, path)
     model.plugins.load_state_dict(tensors, strict=True)
     return meta

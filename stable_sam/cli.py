@@ -51,7 +51,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         return int(commands[args.command].run(args))
-    except (CliError, CheckpointError, FileNotFoundError) as exc:
+    except (CliError, CheckpointError, OSError) as exc:  # OSError: a file that is missing,
+        # unreadable or unwritable is the user's to fix; the message names it
         print(f"stable-sam {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -4,7 +4,6 @@ parsing with validation, colour overlays and atomic PNG writes."""
 import argparse
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -58,6 +57,30 @@ def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
         help="clip prompts that fall outside the image instead of failing",
     )
     parser.add_argument("--out-dir", default=".", help="output folder (created if missing)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace output files that already exist (refused without it)")
+
+
+def check_model_arguments(args) -> None:
+    """--model-type/--sam-checkpoint/--plugin-checkpoint/--device, checked without loading
+    SAM's weights (the plugin file is read and checked: it is small)."""
+    from ..checkpoint import CheckpointError, check_plugin_file
+
+    for flag, path in (
+        ("--sam-checkpoint", args.sam_checkpoint),
+        ("--plugin-checkpoint", args.plugin_checkpoint),
+    ):
+        if path is not None and not os.path.isfile(path):
+            raise CliError(f"{flag} {path!r}: no such file")
+    if (args.sam_checkpoint is None and args.model_type not in RANDOM_MODEL_TYPES
+            and args.model_type not in EMBEDDED_MODEL_TYPES):
+        raise CliError(f"--sam-checkpoint is required for --model-type {args.model_type}")
+    if args.plugin_checkpoint is not None:
+        try:
+            check_plugin_file(args.plugin_checkpoint)
+        except CheckpointError as exc:
+            raise CliError(str(exc)) from None
+    check_device(args.device)
 
 
 def build_model(args):
@@ -67,15 +90,8 @@ def build_model(args):
     from ..build import build_stable_sam
     from ..checkpoint import CheckpointError
 
-    for flag, path in (
-        ("--sam-checkpoint", args.sam_checkpoint),
-        ("--plugin-checkpoint", args.plugin_checkpoint),
-    ):
-        if path is not None and not os.path.isfile(path):
-            raise CliError(f"{flag} {path!r}: no such file")
+    check_model_arguments(args)
     if args.sam_checkpoint is None and args.model_type not in EMBEDDED_MODEL_TYPES:
-        if args.model_type not in RANDOM_MODEL_TYPES:
-            raise CliError(f"--sam-checkpoint is required for --model-type {args.model_type}")
         print(
             f"WARNING: --model-type {args.model_type} without --sam-checkpoint is a RANDOMLY "
             "INITIALISED SAM; its masks are meaningless (demo/test use only).",
@@ -90,16 +106,34 @@ def build_model(args):
 
 
 def load_image(path: str) -> np.ndarray:
-    """RGB uint8 HxWx3."""
-    from PIL import Image, UnidentifiedImageError
+    """RGB uint8 HxWx3, through the package's one image reader."""
+    from ..data.image_files import ImageReadError, read_rgb
 
-    if not os.path.isfile(path):
-        raise CliError(f"image {path!r}: no such file")
     try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise CliError(f"image {path!r} could not be read: {exc}") from exc
+        return read_rgb(path)
+    except (ImageReadError, FileNotFoundError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def check_device(text: Optional[str]) -> None:
+    """--device must name a device this machine has; checked before any heavy work."""
+    if text is None:
+        return
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError) as exc:
+        raise CliError(f"--device {text!r} is not a torch device ({exc})") from None
+    if device.type == "cpu":
+        return
+    if device.type != "cuda":
+        raise CliError(f"--device {text!r}: only cpu and cuda devices are supported")
+    if not torch.cuda.is_available():
+        raise CliError(f"--device {text!r}: CUDA is not available on this machine")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise CliError(f"--device {text!r}: this machine has {torch.cuda.device_count()} "
+                       "CUDA device(s)")
 
 
 @dataclass
@@ -212,16 +246,24 @@ def write_png(path: str, array: np.ndarray) -> None:
     """Writes a uint8 HxW or HxWx3 (RGB) PNG atomically (temp file + os.replace)."""
     from PIL import Image
 
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
-    os.close(fd)
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    from ..data._io import write_atomic
+
+    write_atomic(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+
+
+def output_paths(args, suffixes: Tuple[str, ...]) -> List[str]:
+    """OUT_DIR/STEM_SUFFIX.png for the image; checked (before any work) not to replace a file
+    unless --overwrite, and not to be a folder."""
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise CliError(f"--out-dir {args.out_dir!r} is a file, not a folder")
+    stem = os.path.splitext(os.path.basename(args.image))[0]
+    paths = [os.path.join(args.out_dir, f"{stem}_{suffix}.png") for suffix in suffixes]
+    for path in paths:
+        if os.path.isdir(path):
+            raise CliError(f"output {path!r} is a folder")
+        if os.path.exists(path) and not args.overwrite:
+            raise CliError(f"output {path!r} exists; pass --overwrite to replace it")
+    return paths
 
 
 def prepare_out_dir(path: str) -> str:
@@ -229,6 +271,8 @@ def prepare_out_dir(path: str) -> str:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
         raise CliError(f"--out-dir {path!r} could not be created: {exc}") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise CliError(f"--out-dir {path!r} is not writable")
     return path
 
 

@@ -89,24 +89,34 @@ def build_predictor(args):
     return sam_predictor_for(model) if args.no_plugins else predictor_for(model)
 
 
+MODEL_IMAGE_SIZES = {"tiny": 256, "hq_tiny": 256}  # SAM's input size by --model-type; the ViTs take 1024
+MAX_PROMPTS_PER_IMAGE = 1000
+MAX_BATCH_SIZE = 4096
+
+
+def model_image_size(model_type: str) -> int:
+    return MODEL_IMAGE_SIZES.get(model_type, 1024)
+
+
 def frozen_prompts_for(datasets: list, args, default_kinds, rank: int,
                        model_image_size: int) -> dict:
-    """Loads --prompts, or freezes them (rank 0 writes; every rank freezes the same prompts)."""
+    """Loads --prompts and checks it against the datasets, or freezes them (rank 0 writes;
+    every rank freezes the same prompts)."""
     from ..evaluation import freeze_prompts, load_prompts, save_prompts
+    from ..evaluation.prompts_check import check_prompts, fingerprinted
 
     if os.path.exists(args.prompts):
         try:
             prompts = load_prompts(args.prompts)
-        except ValueError as exc:
-            raise CliError(str(exc)) from exc
-        missing = [d.name for d in datasets if d.name not in prompts]
-        if missing:
-            raise CliError(f"--prompts {args.prompts} has no prompts for {missing} (it holds "
-                           f"{sorted(prompts)}); pass a new file name to freeze them")
+            check_prompts(prompts, datasets, args.kinds, model_image_size, args.prompts)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            detail = str(exc) if isinstance(exc, ValueError) else f"malformed ({exc!r})"
+            raise CliError(detail if args.prompts in detail
+                           else f"prompts file {args.prompts}: {detail}") from None
         return prompts
     kinds = args.kinds or default_kinds
-    frozen = [freeze_prompts(d, kinds, args.prompts_per_image, args.seed,
-                             model_image_size=model_image_size) for d in datasets]
+    frozen = [fingerprinted(freeze_prompts, d, kinds, args.prompts_per_image, args.seed,
+                            model_image_size=model_image_size) for d in datasets]
     if rank == 0:
         save_prompts(args.prompts, frozen)
         print(f"froze prompts for {[d.name for d in datasets]} into {args.prompts}",
@@ -114,22 +124,59 @@ def frozen_prompts_for(datasets: list, args, default_kinds, rank: int,
     return {f["dataset"]: f for f in frozen}
 
 
+def check_arguments(args) -> None:
+    """Every argument and output checked before a dataset, a model or a prompt is touched."""
+    import math
+
+    from ..evaluation.prompts import _kind_spec
+    from ..evaluation.report import read_results
+    from ._common import check_model_arguments
+
+    if not 1 <= args.prompts_per_image <= MAX_PROMPTS_PER_IMAGE:
+        raise CliError(f"--prompts-per-image must be in 1..{MAX_PROMPTS_PER_IMAGE}, is "
+                       f"{args.prompts_per_image}")
+    if not 1 <= args.batch_size <= MAX_BATCH_SIZE:
+        raise CliError(f"--batch-size must be in 1..{MAX_BATCH_SIZE}, is {args.batch_size}")
+    if not (math.isfinite(args.min_area) and args.min_area >= 0):
+        raise CliError(f"--min-area must be finite and >= 0, is {args.min_area}")
+    for kind in args.kinds or ():
+        try:
+            _kind_spec(kind)
+        except ValueError as exc:
+            raise CliError(f"--kinds: {exc}") from None
+    if args.kinds is not None and len(set(args.kinds)) != len(args.kinds):
+        raise CliError(f"--kinds names a kind twice: {args.kinds}")
+    check_model_arguments(args)
+    try:
+        read_results(args.out)
+    except ValueError as exc:
+        raise CliError(f"--out: {exc}") from None
+    prompts_dir = os.path.dirname(os.path.abspath(args.prompts))
+    if os.path.isdir(args.prompts):
+        raise CliError(f"--prompts {args.prompts!r} is a folder; give a JSON file name")
+    if os.path.exists(prompts_dir) and not os.path.isdir(prompts_dir):
+        raise CliError(f"--prompts {args.prompts!r}: {prompts_dir} is a file, not a folder")
+    for what, folder in (("--out", args.out), ("--prompts", prompts_dir)):
+        existing = folder
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing) or "."
+        if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+            raise CliError(f"{what}: {existing!r} is not a writable folder")
+
+
 def run(args) -> int:
     from ..evaluation import COCO_KINDS, HQSEG_KINDS, evaluate_masks, write_results
 
-    if args.prompts_per_image < 1:
-        raise CliError(f"--prompts-per-image must be >= 1, is {args.prompts_per_image}")
-    if args.batch_size < 1:
-        raise CliError(f"--batch-size must be >= 1, is {args.batch_size}")
+    check_arguments(args)
     rank = _init_distributed()
     try:
         datasets, form = build_datasets(args.data, args.min_area)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     default_kinds = COCO_KINDS if form == "coco" else HQSEG_KINDS
-    predictor = build_predictor(args)
     prompts = frozen_prompts_for(datasets, args, default_kinds, rank,
-                                 predictor.model.image_encoder.img_size)
+                                 model_image_size(args.model_type))
+    predictor = build_predictor(args)
     model_name = args.model_name or (
         f"{'SAM' if args.no_plugins else 'Stable-SAM'} {args.model_type}")
     try:

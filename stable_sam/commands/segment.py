@@ -1,7 +1,6 @@
 """`stable-sam segment IMAGE --box ... | --points ...`: a mask PNG and an overlay PNG."""
 
 import argparse
-import os
 
 from . import _common
 
@@ -26,9 +25,11 @@ def run(args) -> int:
 
     from ..predictor import predictor_for
 
+    _common.check_model_arguments(args)
+    mask_path, overlay_path = _common.output_paths(args, ("mask", "overlay"))
     image = _common.load_image(args.image)
     prompts = _common.parse_prompts(args, image.shape)
-    out_dir = _common.prepare_out_dir(args.out_dir)
+    _common.prepare_out_dir(args.out_dir)
     model = _common.build_model(args)
     predictor = predictor_for(model)
     with torch.inference_mode():
@@ -37,9 +38,6 @@ def run(args) -> int:
             predictor, prompts, args.multimask, use_plugins=not args.no_plugins
         )
 
-    stem = os.path.splitext(os.path.basename(args.image))[0]
-    mask_path = os.path.join(out_dir, f"{stem}_mask.png")
-    overlay_path = os.path.join(out_dir, f"{stem}_overlay.png")
     _common.write_png(mask_path, mask.astype("uint8") * 255)
     _common.write_png(
         overlay_path, _common.draw_prompts(_common.overlay_mask(image, mask), prompts)

@@ -75,6 +75,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--no-lsj", action="store_true", help="no large-scale jitter")
     parser.add_argument("--out", default=None, help="output folder (checkpoint.pt, log.csv, weights)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in an OUT that holds one (deletes its checkpoints, "
+                             "log and weights); without it, such an OUT is refused")
+    parser.add_argument("--skip-bad-samples", action="store_true",
+                        help="train without the samples the data check refuses (unreadable, "
+                             "empty or mis-sized masks) instead of stopping before step 1")
     parser.add_argument("--ckpt-every", type=int, default=None, help="checkpoint period in steps")
     parser.add_argument("--log-every", type=int, default=None, help="console period in steps")
     parser.add_argument("--seed", type=int, default=None)
@@ -108,6 +114,8 @@ def _flag_layer(args) -> dict:
         layer["lsj"] = False
     if args.deterministic:
         layer["deterministic"] = True
+    if args.skip_bad_samples:
+        layer["skip_bad_samples"] = True
     return layer
 
 
@@ -147,8 +155,26 @@ def _demo_data(config) -> None:
     config.data = [root]
 
 
+def _one_line(exc: BaseException) -> str:
+    """An error raised in a data-loader worker arrives with the worker's traceback in its
+    message; the user gets its last line, which is the error itself."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    if len(lines) > 1:  # "...Original Traceback...", then "ValueError: the message"
+        return lines[-1].strip().removeprefix(f"{type(exc).__name__}: ")
+    return lines[0].strip() if lines else type(exc).__name__
+
+
 def run(args) -> int:
+    from ._common import check_device
+    from ..training.checkpointing import CheckpointError, prepare_out_dir
+
     config = resolve_config(args)
+    if config.device != "auto":  # from a flag, --config or the checkpoint
+        check_device(config.device)
+    try:  # before anything is generated into it
+        prepare_out_dir(config.out_dir, resume=args.resume, overwrite=args.overwrite)
+    except CheckpointError as exc:
+        raise CliError(str(exc)) from None
     if args.preset == "tiny" and not config.data and config.hqseg44k_root is None:
         _demo_data(config)
     if config.sam_checkpoint is None and config.model_type in EMBEDDED_MODEL_TYPES:
@@ -165,9 +191,9 @@ def run(args) -> int:
     from ..training import CheckpointError, train
 
     try:
-        result = train(config, resume=args.resume)
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:  # bad data, config or files
-        raise CliError(str(exc)) from exc
+        result = train(config, resume=args.resume)  # the folder was prepared above
+    except (CheckpointError, FileNotFoundError, ValueError, FloatingPointError) as exc:
+        raise CliError(_one_line(exc)) from None  # bad data, config or files; a diverged loss
     if result["stopped"]:
         return 128 + 15  # the shell's code for "terminated by SIGTERM": the run is not finished
     if "weights" in result:

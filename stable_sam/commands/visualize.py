@@ -6,7 +6,6 @@ for Stable-SAM; the radius grows with the attention weight (same scale in both p
 """
 
 import argparse
-import os
 
 import numpy as np
 
@@ -78,9 +77,11 @@ def run(args) -> int:
 
     if args.top_k < 1:
         raise _common.CliError(f"--top-k must be >= 1, is {args.top_k}")
+    _common.check_model_arguments(args)
+    (path,) = _common.output_paths(args, ("sampling",))
     image = _common.load_image(args.image)
     prompts = _common.parse_prompts(args, image.shape)
-    out_dir = _common.prepare_out_dir(args.out_dir)
+    _common.prepare_out_dir(args.out_dir)
     model = _common.build_model(args)
     predictor = predictor_for(model)
     with torch.inference_mode():
@@ -130,8 +131,6 @@ def run(args) -> int:
     ]
     separator = np.full((image.shape[0], max(2, image.shape[1] // 100), 3), 255, dtype=np.uint8)
     figure = np.concatenate([panels[0], separator, panels[1]], axis=1)
-    stem = os.path.splitext(os.path.basename(args.image))[0]
-    path = os.path.join(out_dir, f"{stem}_sampling.png")
     _common.write_png(path, figure)
     print(f"alpha (deformable, regular) = ({alpha[0]:.3f}, {alpha[1]:.3f}); top-{k} tokens drawn")
     print(f"wrote {path}")

@@ -1,4 +1,5 @@
-"""Atomic file writes and image reading shared by the data and evaluation modules."""
+"""Atomic file writes shared by every module that writes a file (images are read in
+`stable_sam.data.image_files`, re-exported here)."""
 from __future__ import annotations
 
 import json
@@ -10,28 +11,50 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from stable_sam.data.image_files import ImageReadError, read_gray, read_rgb  # noqa: F401
 
-def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+
+def current_umask() -> int:
+    # os.umask can only be read by setting it; set it straight back.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flushes a file, or a folder's entries (after a rename into it), to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *,
+                 durable: bool = False) -> Path:
     """Calls `write(tmp_path)` on a temp file in `path`'s folder, then renames it onto `path`.
 
     Readers never see a half-written file: the rename is atomic on one filesystem, which is why
-    the temp file lives in the destination folder rather than in /tmp.
+    the temp file lives in the destination folder rather than in /tmp. The file gets the mode a
+    plain open() would give it (mkstemp's is 0600). `durable` (checkpoints, weights) fsyncs the
+    file before the rename and the folder after it, so a power cut keeps the old or the new file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
-        # mkstemp creates 0600; give the file the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~current_umask())
+        if durable:
+            fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    if durable:
+        fsync_path(path.parent)
     return path
 
 
@@ -71,29 +94,3 @@ def write_image_atomic(path: str | os.PathLike, image: np.ndarray) -> Path:
         buf.tofile(tmp)
 
     return write_atomic(path, _write)
-
-
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Reads an image file as uint8 HxWx3 RGB; a missing or unreadable file names itself."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"could not read image file (corrupt or unsupported format): {path}")
-    return np.ascontiguousarray(image[..., ::-1])
-
-
-def read_gray(path: str | os.PathLike) -> np.ndarray:
-    """Reads a mask file as uint8 HxW (channel 0 when the file has colour channels)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"mask file not found: {path}")
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise ValueError(f"could not read mask file (corrupt or unsupported format): {path}")
-    if mask.ndim == 3:
-        mask = mask[..., 0]
-    if mask.dtype != np.uint8:
-        raise ValueError(f"mask file {path} has dtype {mask.dtype}, expected 8-bit")
-    return mask

@@ -24,6 +24,25 @@ def load_coco(ann_file: str | os.PathLike) -> COCO:
             raise ValueError(f"could not parse COCO annotation file {ann_file}: {exc}") from exc
 
 
+def image_path_inside(image_dir: Path, file_name, ann_file) -> Path:
+    """IMAGE_DIR/file_name, refused when file_name is not a relative path that stays inside
+    IMAGE_DIR (absolute, `..`, or a symlinked folder leading out)."""
+    if not isinstance(file_name, str) or not file_name:
+        raise ValueError(f"{ann_file}: an image has file_name {file_name!r}, expected a path "
+                         "relative to the image folder")
+    relative = Path(file_name)
+    inside = not relative.is_absolute() and ".." not in relative.parts
+    if inside:
+        try:
+            (image_dir / relative).resolve().relative_to(image_dir.resolve())
+        except ValueError:
+            inside = False
+    if not inside:
+        raise ValueError(f"{ann_file}: file_name {file_name!r} leaves the image folder "
+                         f"{image_dir}; it must be a relative path inside it")
+    return image_dir / relative
+
+
 class CocoInstanceDataset:
     """One item per image that has at least one usable instance.
 
@@ -57,6 +76,10 @@ class CocoInstanceDataset:
                 self.ann_ids[image_id] = kept
         if not self.image_ids:
             raise ValueError(f"{ann_file} has no non-crowd annotation with area >= {min_area}")
+        # Every path is checked before any image is read: an annotation file must not make the
+        # reader open files outside the image folder.
+        self.image_paths = {i: image_path_inside(self.image_dir, self.coco.imgs[i].get("file_name"),
+                                                 ann_file) for i in self.image_ids}
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -67,7 +90,7 @@ class CocoInstanceDataset:
         index = index % len(self)
         image_id = self.image_ids[index]
         info = self.coco.loadImgs([image_id])[0]
-        path = self.image_dir / info["file_name"]
+        path = self.image_paths[image_id]
         image = read_rgb(path)
         if image.shape[:2] != (info["height"], info["width"]):
             raise ValueError(

@@ -40,6 +40,29 @@ def results_table(rows: Iterable[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def read_results(out_dir: str | os.PathLike) -> list[dict]:
+    """The rows already in out_dir/results.json ([] when there is none). Raises ValueError when
+    out_dir or the file cannot take more rows, so an evaluation can check it before it runs."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output folder {out_dir} is a file, not a folder")
+    json_path = out_dir / "results.json"
+    if not json_path.exists():
+        return []
+    try:
+        existing = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{json_path} exists but cannot be read ({exc}); move it away or "
+                         "choose another output folder") from None
+    if not isinstance(existing, dict) or existing.get("format") != RESULTS_FORMAT:
+        raise ValueError(f"{json_path} exists but is not a {RESULTS_FORMAT} file")
+    rows = existing.get("rows")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "model" in r
+                                             and "dataset" in r and "kinds" in r for r in rows):
+        raise ValueError(f"{json_path} is a {RESULTS_FORMAT} file with malformed rows")
+    return rows
+
+
 def write_results(out_dir: str | os.PathLike, model: str, results: Sequence[dict],
                   extra: dict | None = None) -> tuple[Path, Path]:
     """Adds (or replaces) `model`'s rows in out_dir/results.json and rewrites results.md.
@@ -49,12 +72,7 @@ def write_results(out_dir: str | os.PathLike, model: str, results: Sequence[dict
     """
     out_dir = Path(out_dir)
     json_path, md_path = out_dir / "results.json", out_dir / "results.md"
-    rows = []
-    if json_path.is_file():
-        existing = json.loads(json_path.read_text(encoding="utf-8"))
-        if existing.get("format") != RESULTS_FORMAT:
-            raise ValueError(f"{json_path} exists but is not a {RESULTS_FORMAT} file")
-        rows = existing["rows"]
+    rows = read_results(out_dir)
     new_keys = {(model, r["dataset"]) for r in results}
     rows = [r for r in rows if (r["model"], r["dataset"]) not in new_keys]
     for result in results:

@@ -16,8 +16,6 @@ DT-SAM and PT-SAM rows are the `*_no_rts` trainings at 12 epochs (its PT-SAM row
 The image and prompt encoders never train. Parameters are picked by name from
 `StableSam.named_parameters()`, so the same selection names the tensors saved in checkpoints.
 """
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -137,19 +135,12 @@ def save_baseline_weights(model: nn.Module, method: str, path, *,
     name in its metadata. Plugin methods should use `stable_sam.checkpoint.save_plugins`."""
     from safetensors.torch import save_file
 
+    from stable_sam.data._io import write_atomic
+
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in trainable_state_dict(model, method).items()}
     metadata = {"format": BASELINE_FORMAT, "method": method, **(extra_metadata or {})}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda tmp: save_file(state, tmp, metadata=metadata), durable=True)
 
 
 def load_baseline_weights(model: nn.Module, path) -> str:

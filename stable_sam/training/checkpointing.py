@@ -6,22 +6,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Any, Dict, List
 
 import torch
 from torch import nn
 
+from ..data._io import write_atomic
 from . import baselines
 from .config import TrainConfig
 from .rng import restore_rng_state
 
-__all__ = ["CHECKPOINT_NAME", "CheckpointError", "RESUME_MAY_CHANGE", "check_resume_config",
+__all__ = ["CHECKPOINT_NAME", "PREVIOUS_CHECKPOINT_NAME", "CheckpointError", "prepare_out_dir",
+           "RESUME_MAY_CHANGE", "check_resume_config",
            "write_train_checkpoint", "load_train_checkpoint", "saved_config",
            "open_resume_checkpoint", "restore_training_state", "save_final_weights"]
 
 CHECKPOINT_NAME = "checkpoint.pt"  # latest training state, replaced atomically
+PREVIOUS_CHECKPOINT_NAME = "checkpoint_prev.pt"  # the one before it, in case the latest is bad
+# What makes a folder hold a run: a new run there would replace these.
+RUN_FILES = (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME, "log.csv")
 CHECKPOINT_FORMAT = "stable-sam-train"
 CHECKPOINT_VERSION = 1
 
@@ -31,19 +36,48 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    write_atomic(path, lambda tmp: torch.save(obj, tmp), durable=True)
+
+
+def _run_files(out_dir: Path) -> List[str]:
+    weights = sorted(p.name for p in out_dir.glob("*.safetensors"))
+    return [name for name in RUN_FILES if (out_dir / name).exists()] + weights
+
+
+def prepare_out_dir(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:
+    """Refuses to start a new run where one already is (its checkpoints, log and weights would
+    be replaced) unless `overwrite`, which deletes them first; `resume` needs the checkpoint."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CheckpointError(f"output folder {out_dir} is a file, not a folder")
+    if resume:
+        if overwrite:
+            raise CheckpointError("--resume continues the run in the output folder and "
+                                  "--overwrite deletes it: give one of them")
+        return
+    found = _run_files(out_dir) if out_dir.is_dir() else []
+    if found and not overwrite:
+        raise CheckpointError(
+            f"output folder {out_dir} already holds a run ({', '.join(found)}); pass --resume "
+            "to continue it, --overwrite to replace it, or choose another --out")
+    for name in found:
+        (out_dir / name).unlink(missing_ok=True)  # another rank may have been first
+
+
+def _keep_previous(path: Path) -> None:
+    """Makes the current checkpoint the previous one without a moment where neither exists:
+    a hard link first, then the atomic replace of the latest."""
+    if not path.is_file():
+        return
+    previous = path.with_name(PREVIOUS_CHECKPOINT_NAME)
+    link = path.with_name(f".{PREVIOUS_CHECKPOINT_NAME}.link")
+    if link.exists():
+        link.unlink()
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        os.link(path, link)
+    except OSError:  # a filesystem without hard links
+        shutil.copy2(path, link)
+    os.replace(link, previous)
 
 
 # Fields a resumed run may change: how long it runs and how it reports, not what it computes.
@@ -66,7 +100,9 @@ def write_train_checkpoint(path: Path, *, config: TrainConfig, step: int, steps_
                            world_size: int, model: nn.Module, method: str,
                            optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                            rng: List[Dict[str, Any]]) -> None:
-    """`rng` holds every rank's RNG state, in rank order."""
+    """`rng` holds every rank's RNG state, in rank order. The checkpoint that was at `path`
+    stays beside it as PREVIOUS_CHECKPOINT_NAME."""
+    _keep_previous(path)
     atomic_torch_save({
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -92,12 +128,16 @@ def load_train_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"training checkpoint not found: {path}")
+    previous = path.with_name(PREVIOUS_CHECKPOINT_NAME)
+    hint = (f" (the checkpoint before it is {previous}: copy it over {path.name} to resume "
+            "from there)" if path.name == CHECKPOINT_NAME and previous.is_file() else "")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, foreign pickle, ...: one clear message
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CheckpointError(
             f"could not read training checkpoint {path}: the file is corrupt or not a "
-            f"stable-sam training checkpoint ({type(exc).__name__}: {exc})"
+            f"stable-sam training checkpoint ({type(exc).__name__}: {first_line}){hint}"
         ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__

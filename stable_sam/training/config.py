@@ -14,6 +14,13 @@ from .._config_fields import check_known_fields
 __all__ = ["TrainConfig", "PRESETS", "get_lr"]
 
 
+# Upper bounds: each value above them asks for more memory (or processes) than any machine has;
+# the paper's settings are far below (batch 4 per GPU, 112 x 112 points, 4 workers).
+_UPPER_BOUNDS = {"batch_size": 1024, "num_points": 1024 * 1024, "oversample_ratio": 100.0,
+                 "num_workers": 256, "cpu_threads": 4096}
+MAX_LSJ_SCALE = 10.0
+
+
 @dataclass
 class TrainConfig:
     """Everything a run depends on; saved as a dict inside every checkpoint."""
@@ -60,6 +67,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" = cuda:LOCAL_RANK when available, else cpu
     deterministic: bool = False  # torch.use_deterministic_algorithms (bit-identical resumes on GPU)
     cpu_threads: int = 0  # torch.set_num_threads when training on CPU; 0 keeps torch's default
+    skip_bad_samples: bool = False  # drop samples the data check refuses instead of stopping
 
     def __post_init__(self) -> None:
         baselines.get_method(self.method)  # raises with the list of methods
@@ -84,9 +92,31 @@ class TrainConfig:
         if len(self.lsj_scale) != 2 or not 0 < self.lsj_scale[0] <= self.lsj_scale[1]:
             raise ValueError(f"TrainConfig.lsj_scale must be [low, high], 0 < low <= high, "
                              f"got {self.lsj_scale}")
+        self._check_bounds()
         if isinstance(self.data, (str, os.PathLike)):
             self.data = [str(self.data)]
         self.data = [str(d) for d in self.data]
+
+    def _check_bounds(self) -> None:
+        """Values that would fill the machine's memory or make no sense, refused up front."""
+        for name, high in _UPPER_BOUNDS.items():
+            if getattr(self, name) > high:
+                raise ValueError(f"TrainConfig.{name} must be <= {high}, got {getattr(self, name)}")
+        if not (math.isfinite(self.oversample_ratio) and self.oversample_ratio >= 1):
+            raise ValueError(f"TrainConfig.oversample_ratio must be finite and >= 1, "
+                             f"got {self.oversample_ratio}")
+        if not 0 <= self.importance_sample_ratio <= 1:
+            raise ValueError(f"TrainConfig.importance_sample_ratio must be in [0, 1], "
+                             f"got {self.importance_sample_ratio}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"TrainConfig.weight_decay must be finite and >= 0, "
+                             f"got {self.weight_decay}")
+        if len(self.lsj_scale) == 2 and self.lsj_scale[1] > MAX_LSJ_SCALE:
+            raise ValueError(f"TrainConfig.lsj_scale's high end must be <= {MAX_LSJ_SCALE} (the "
+                             f"jittered canvas grows with its square), got {self.lsj_scale}")
+        if any(not isinstance(e, int) or e < 0 for e in self.lr_drop_epochs):
+            raise ValueError(f"TrainConfig.lr_drop_epochs must be epochs (integers >= 0), "
+                             f"got {self.lr_drop_epochs}")
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from ..data._io import write_text_atomic
 from .distributed import DistContext
 
 __all__ = ["LOG_NAME", "LOG_FIELDS", "CsvLog", "TrainingLog", "tensorboard_writer", "count_kinds"]
@@ -42,10 +41,7 @@ class CsvLog:
                             and int(r[0]) <= step] if rows else []
         buf = io.StringIO()
         csv.writer(buf).writerows(kept)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, buf.getvalue())
 
     def _write_row(self, row: Sequence[Any]) -> None:
         buf = io.StringIO()

@@ -31,6 +31,7 @@ schedule), `samples` (data and its order), `model` (the model and its prompted d
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -47,11 +48,13 @@ from . import baselines
 from .checkpointing import (
     CHECKPOINT_NAME,
     open_resume_checkpoint,
+    prepare_out_dir,
     restore_training_state,
     save_final_weights,
     write_train_checkpoint,
 )
 from .config import TrainConfig, get_lr
+from .data_check import check_training_data
 from .distributed import (
     DistContext,
     gather_from_ranks,
@@ -64,16 +67,18 @@ from .log import TrainingLog
 from .losses import mask_loss
 from .model import PromptedDecoder, build_model, model_input_size
 from .rng import capture_rng_state, seed_everything, step_generator
-from .samples import TrainingSamples, epoch_loader, load_datasets
+from .samples import TrainingSamples, closing_batches, epoch_loader, load_datasets
 from .signals import StopRequest
 
 __all__ = ["train"]
 
 
-def train(config: TrainConfig, *, resume: bool = False,
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
           ctx: Optional[DistContext] = None) -> Dict[str, Any]:
-    """Runs (or resumes) training; see `_train`. Restores torch's deterministic-algorithms
-    switch, thread count and SIGTERM handler afterwards, so an in-process call leaks none."""
+    """Runs (or resumes) training; see `_train`. A new run refuses an output folder that holds
+    a run unless `overwrite`. Restores torch's deterministic-algorithms switch, thread count and
+    SIGTERM handler afterwards, so an in-process call leaks none."""
+    prepare_out_dir(config.out_dir, resume=resume, overwrite=overwrite)
     deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     try:
         with StopRequest() as stop:
@@ -125,19 +130,23 @@ def _train(config: TrainConfig, *, resume: bool, ctx: Optional[DistContext],
     stopped = False
     while step < run.total_steps and not stopped:
         epoch = step // run.steps_per_epoch
-        for batch in epoch_loader(run.samples, step, run.total_steps, run.steps_per_epoch, config,
-                                  ctx, pin_memory=run.device.type == "cuda"):
-            step_started = time.perf_counter()
-            lr, losses, stop_votes = _run_step(run, batch, step, stop)
-            step += 1
-            kinds = gather_kinds(batch["kinds"], ctx)
-            last_loss = losses[0]
-            log.record(step, epoch, losses, lr, step_started, kinds)
-            stopped = stop_votes > 0
-            if step % config.ckpt_every == 0 or step == run.total_steps or stopped:
-                _save_checkpoint(run, step)
-            if stopped:
-                break
+        loader = epoch_loader(run.samples, step, run.total_steps, run.steps_per_epoch, config,
+                              ctx, pin_memory=run.device.type == "cuda")
+        # closing(): an error in a step must shut the workers down now, not when the
+        # traceback that still references this generator is freed.
+        with contextlib.closing(closing_batches(loader)) as batches:
+            for batch in batches:
+                step_started = time.perf_counter()
+                lr, losses, stop_votes = _run_step(run, batch, step, stop)
+                step += 1
+                kinds = gather_kinds(batch["kinds"], ctx)
+                last_loss = losses[0]
+                log.record(step, epoch, losses, lr, step_started, kinds)
+                stopped = stop_votes > 0
+                if step % config.ckpt_every == 0 or step == run.total_steps or stopped:
+                    _save_checkpoint(run, step)
+                if stopped:
+                    break
     return _finish(run, log, step, last_loss, stopped)
 
 
@@ -145,6 +154,14 @@ def _build_run(config: TrainConfig, ctx: DistContext) -> _Run:
     """Joins the process group, seeds, and builds the model, its optimiser and the samples."""
     spec = baselines.get_method(config.method)
     device = resolve_device(config.device, ctx)
+    if config.amp == "fp16" and device.type != "cuda":
+        # fp16 needs loss scaling, which only CUDA's GradScaler gives; running without it would
+        # silently train in float32 while the config says fp16.
+        raise ValueError(f"--amp fp16 needs a CUDA device, the run is on {device}; "
+                         f"use --amp bf16 on the CPU")
+    # The data first: a bad file stops the run before anything heavy is built.
+    datasets = check_training_data(load_datasets(config), config.skip_bad_samples,
+                                   report=ctx.is_main)
     owns_group = ctx.distributed and not dist.is_initialized()
     init_process_group(ctx, device)
     _configure_torch(config, device)
@@ -165,7 +182,7 @@ def _build_run(config: TrainConfig, ctx: DistContext) -> _Run:
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16" and device.type == "cuda")
 
-    samples = TrainingSamples(load_datasets(config), config, model_input_size(model))
+    samples = TrainingSamples(datasets, config, model_input_size(model))
     global_batch = config.batch_size * ctx.world_size
     steps_per_epoch = len(samples) // global_batch
     if steps_per_epoch < 1:
@@ -198,8 +215,8 @@ def _restore_or_start(run: _Run, ckpt: Optional[Dict[str, Any]]) -> int:
 
 
 def _autocast(config: TrainConfig, device: torch.device):
-    # bf16 needs no loss scaling, so it runs on the CPU too; fp16 stays CUDA only.
-    if config.amp == "none" or (device.type != "cuda" and config.amp != "bf16"):
+    # bf16 needs no loss scaling, so it runs on the CPU too; fp16 is refused off CUDA (_build_run).
+    if config.amp == "none":
         return torch.autocast(device_type=device.type, enabled=False)
     dtype = torch.bfloat16 if config.amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -234,10 +251,14 @@ def _run_step(run: _Run, batch: Dict[str, Any], step: int,
                          loss.new_tensor(float(stop.requested))])
     *losses, stop_votes = mean_over_ranks(flags, run.ctx).tolist()
     if not math.isfinite(losses[0]):
-        raise FloatingPointError(
-            f"loss is {losses[0]} at step {step + 1}; stopping (the last checkpoint is "
-            f"intact: lower --lr or use --amp bf16 instead of fp16, then --resume)"
-        )
+        checkpoint = run.out_dir / CHECKPOINT_NAME
+        if checkpoint.is_file():
+            advice = (f"{checkpoint} is intact: lower --lr or use --amp bf16 instead of fp16, "
+                      "then --resume")
+        else:
+            advice = ("no checkpoint was written yet: check the data and the config (lower "
+                      "--lr, --amp bf16 instead of fp16), then start again with --overwrite")
+        raise FloatingPointError(f"loss is {losses[0]} at step {step + 1}; stopping ({advice})")
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     run.scaler.step(run.optimizer)

@@ -3,7 +3,7 @@ and one prompt, and in which order an epoch serves them to this process."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -16,7 +16,8 @@ from .config import TrainConfig
 from .distributed import DistContext
 from .signals import ignore_sigterm
 
-__all__ = ["TrainingSamples", "load_datasets", "collate", "batches_for_epoch", "epoch_loader"]
+__all__ = ["TrainingSamples", "load_datasets", "collate", "batches_for_epoch", "epoch_loader",
+           "closing_batches"]
 
 
 def _rts_config(config: TrainConfig, spec: baselines.MethodSpec, image_size: int):
@@ -92,7 +93,8 @@ class TrainingSamples(torch.utils.data.Dataset):
         if not item["mask"].any():
             raise ValueError(f"training image {item['name']!r} (#{local} of {dataset.name}) has an "
                              "empty mask: every training image needs a foreground object")
-        image, mask = self._geometry(item["image"], item["mask"], rng("jitter"))
+        image, mask = self._geometry(item["image"], item["mask"], rng("jitter"),
+                                     f"{item['name']!r} (#{local} of {dataset.name})")
         occlusion_rng = rng("occlusion")
         if len(self) > 1 and occlusion_rng.uniform() < self.rts.occlusion_probability:
             other = int(occlusion_rng.integers(len(self) - 1))
@@ -110,7 +112,8 @@ class TrainingSamples(torch.utils.data.Dataset):
             "kind": prompt.kind,
         }
 
-    def _geometry(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
+    def _geometry(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+                  what: str):
         """LSJ onto the S x S canvas, or resize-longest-side + pad; never an empty target."""
         from ..data.transforms import large_scale_jitter, pad_bottom_right, resize_longest_side
 
@@ -125,7 +128,8 @@ class TrainingSamples(torch.utils.data.Dataset):
         image = pad_bottom_right(resize_longest_side(image, size), size)
         mask = pad_bottom_right(resize_longest_side(mask, size), size, False)
         if not mask.any():
-            raise ValueError("a training mask vanished when resized to the model input size")
+            raise ValueError(f"the mask of training image {what} vanished when resized to the "
+                             "model input size (the object is too small for it)")
         return image, mask
 
 
@@ -174,3 +178,22 @@ def epoch_loader(samples: TrainingSamples, step: int, total_steps: int, steps_pe
     return DataLoader(samples, batch_sampler=batches, num_workers=config.num_workers,
                       collate_fn=collate, pin_memory=pin_memory,
                       generator=loader_rng, worker_init_fn=ignore_sigterm)
+
+
+def closing_batches(loader: DataLoader) -> Iterator[Dict[str, Any]]:
+    """The loader's batches; however the iteration ends (exhausted, an error, a break), its
+    workers are shut down before this returns. They ignore SIGTERM (see `signals`), so a worker
+    left behind would block the interpreter's exit for ever: multiprocessing terminates its
+    children with SIGTERM at exit and then waits for them."""
+    iterator = iter(loader)
+    try:
+        yield from iterator
+    finally:
+        workers = list(getattr(iterator, "_workers", []))
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()  # asks each worker to finish, waits a little, then SIGTERMs (ignored)
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
+                worker.join()

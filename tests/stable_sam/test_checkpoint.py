@@ -150,6 +150,46 @@ def test_tensor_mismatch(saved, change, match):
         assert torch.equal(v, before[k])
 
 
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        (lambda t: t.round().to(torch.int64),
+         r"another kind .*dsp\.dwconv\.weight \(torch\.int64\)"),
+        (lambda t: t > 0, r"another kind .*dsp\.dwconv\.weight \(torch\.bool\)"),
+        (lambda t: t.index_fill(0, torch.tensor([0]), float("nan")),
+         r"NaN or infinite values in \[dsp\.dwconv\.weight\]"),
+        (lambda t: t.index_fill(0, torch.tensor([0]), float("inf")),
+         r"NaN or infinite values in \[dsp\.dwconv\.weight\]"),
+    ],
+)
+def test_integer_boolean_and_non_finite_tensors_are_refused(saved, value, match):
+    _, path = saved
+    tensors = load_file(path)
+    tensors["dsp.dwconv.weight"] = value(tensors["dsp.dwconv.weight"])
+    _rewrite(path, tensors)
+    fresh = tiny_model()
+    before = {k: v.clone() for k, v in fresh.plugins.state_dict().items()}
+    with pytest.raises(CheckpointError, match=match):
+        load_plugins(fresh, path)
+    for k, v in fresh.plugins.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_plugin_file_honours_the_umask_and_is_fsynced(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+                        or real_fsync(fd))
+    previous = os.umask(0o027)
+    try:
+        save_plugins(tiny_model(), str(tmp_path / "p.safetensors"))
+    finally:
+        os.umask(previous)
+    assert os.stat(tmp_path / "p.safetensors").st_mode & 0o777 == 0o640
+    assert str(tmp_path) in synced  # the folder, after the rename
+    assert any(s.startswith(str(tmp_path / ".p.safetensors.")) for s in synced)  # the file
+
+
 class TestSamCheckpoint:
     @pytest.fixture
     def sam_path(self, tmp_path):

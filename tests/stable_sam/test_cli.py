@@ -163,8 +163,8 @@ def test_clip_prompts_clips(image_path, tmp_path):
 @pytest.mark.parametrize(
     "case, match",
     [
-        ("missing_image", "image .*missing.png.*: no such file"),
-        ("unreadable_image", "could not be read"),
+        ("missing_image", "image file not found: .*missing.png"),
+        ("unreadable_image", "could not read image file .*text.png"),
         ("missing_checkpoint", "--sam-checkpoint .*nope.pth.*: no such file"),
         ("vit_b_without_checkpoint", "--sam-checkpoint is required for --model-type vit_b"),
         ("bad_plugin_file", "corrupt or truncated"),

@@ -87,3 +87,28 @@ def test_errors_name_the_file(coco_root):
     (root / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"could not parse COCO annotation file .*bad\.json"):
         CocoInstanceDataset(root / "images", root / "bad.json")
+
+
+@pytest.mark.parametrize("file_name", ["../outside.jpg", "sub/../../outside.jpg", "ABSOLUTE",
+                                       "link/outside.jpg", "", None])
+def test_file_names_leaving_the_image_folder_are_refused(coco_root, file_name):
+    root, _, _ = coco_root
+    write_image_atomic(root / "outside.jpg", np.zeros((24, 32, 3), np.uint8))
+    (root / "images" / "link").symlink_to(root)
+    if file_name == "ABSOLUTE":
+        file_name = str(root / "outside.jpg")
+    ann = json.loads((root / "ann.json").read_text())
+    ann["images"][1]["file_name"] = file_name
+    (root / "ann.json").write_text(json.dumps(ann))
+    with pytest.raises(ValueError, match="leaves the image folder|expected a path relative"):
+        CocoInstanceDataset(root / "images", root / "ann.json")
+
+
+def test_a_file_name_in_a_subfolder_is_read(coco_root):
+    root, _, _ = coco_root
+    (root / "images" / "sub").mkdir()
+    (root / "images" / "two.jpg").rename(root / "images" / "sub" / "two.jpg")
+    ann = json.loads((root / "ann.json").read_text())
+    ann["images"][1]["file_name"] = "sub/two.jpg"
+    (root / "ann.json").write_text(json.dumps(ann))
+    assert CocoInstanceDataset(root / "images", root / "ann.json")[1]["name"] == "two"

@@ -1,4 +1,6 @@
 """Which parameters each training method trains, and the DT-SAM / PT-SAM weights files."""
+import os
+
 import pytest
 import torch
 
@@ -73,6 +75,17 @@ def test_baseline_weights_file_round_trip(tiny_model, tmp_path):
     path.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="corrupt or not a safetensors file"):
         baselines.load_baseline_weights(fresh, path)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_baseline_weights_file_honours_the_umask(tiny_model, tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        baselines.save_baseline_weights(tiny_model, "pt_sam", tmp_path / "pt_sam.safetensors")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "pt_sam.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert os.listdir(tmp_path) == ["pt_sam.safetensors"]
 
 
 @pytest.mark.parametrize("method,twin", [("stable_sam_no_rts", "stable_sam"),

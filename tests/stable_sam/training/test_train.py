@@ -23,14 +23,7 @@ def shapes(tmp_path_factory):
                                       image_size=(96, 128), seed=3))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Bit-level comparisons below assume a fixed reduction order; one thread also keeps the
-    # shared CI cores free.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(data, out, **kw):

@@ -69,3 +69,11 @@ def test_bf16_training_runs_the_op_under_autocast(shapes, tmp_path, op_calls):
     # The same samples and initial weights: bfloat16 only rounds, so the losses stay close.
     for bf16, fp32 in zip(bf16_losses, fp32_losses):
         assert abs(bf16 - fp32) <= 0.05 * fp32, (bf16_losses, fp32_losses)
+
+
+def test_fp16_off_cuda_is_refused_before_any_step(shapes, tmp_path):
+    # fp16 needs CUDA's loss scaling; on the CPU it used to train in float32 without a word.
+    config = _config(shapes, tmp_path / "fp16", "fp16").replace(device="cpu")
+    with pytest.raises(ValueError, match="--amp fp16 needs a CUDA device"):
+        train(config)
+    assert not (tmp_path / "fp16" / LOG_NAME).exists()
