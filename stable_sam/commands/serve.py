@@ -51,6 +51,7 @@ def _check(args) -> None:
 
 def run(args) -> int:
     _check(args)
+    _common.check_model_arguments(args)
     try:
         from ..serve.app import create_app
         from ..serve.server import bind, serve_forever, url_of

@@ -1,10 +1,16 @@
-"""Uploaded images, decoded in memory (nothing is written to disk) with two limits checked
-before any pixel is decoded: the upload's size in bytes and the image's size in pixels (a
-decompression bomb is a few KB of header that would decode to gigabytes)."""
+"""Uploaded images, read by the package's one image reader (`stable_sam.data.image_files`, so an
+upload gives the same pixels as the same file given to `stable-sam segment`), without touching
+the disk: the reader takes a path, and the upload's path is a memory-only file (Linux memfd).
+
+Two limits come first: the upload's size in bytes (checked by the app while the body arrives)
+and the image's size in pixels, from its header before any pixel is decoded (a decompression
+bomb is a few KB of header that would decode to gigabytes).
+"""
 from __future__ import annotations
 
-import io
-import warnings
+import contextlib
+import os
+import tempfile
 
 import numpy as np
 
@@ -18,31 +24,42 @@ class UploadError(ValueError):
     """An upload the server refuses; the message is shown on the page as it is."""
 
 
+@contextlib.contextmanager
+def _memory_file(data: bytes):
+    """A path whose file holds `data`: in memory on Linux, else in a private temp folder that is
+    removed on exit."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("stable-sam-upload", os.MFD_CLOEXEC)
+        try:
+            with open(fd, "wb", closefd=False) as f:
+                f.write(data)
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="stable-sam-serve-") as folder:
+        path = os.path.join(folder, "upload")
+        with open(path, "wb") as f:
+            f.write(data)
+        yield path
+
+
 def decode_image(data: bytes, max_pixels: int = MAX_UPLOAD_PIXELS) -> np.ndarray:
-    """RGB uint8 HxWx3 of an encoded image (any format Pillow reads), upright per its EXIF
-    orientation, alpha dropped."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """RGB uint8 HxWx3 of an encoded image, upright per its EXIF orientation (see image_files
+    for the formats read)."""
+    from ..data.image_files import ImageReadError, read_image_header, read_rgb
 
     if not data:
         raise UploadError("the upload is empty: choose an image file")
-    try:
-        with warnings.catch_warnings():
-            # Our limit below is the one that speaks; Pillow's own bomb check stays as a backstop.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                width, height = im.size
-                if width * height > max_pixels:
-                    raise UploadError(
-                        f"the image is {width}x{height} = {width * height} pixels, over the "
-                        f"server's limit of {max_pixels} pixels")
-                rgb = ImageOps.exif_transpose(im).convert("RGB")
-                return np.ascontiguousarray(np.asarray(rgb))
-    except UploadError:
-        raise
-    except Image.DecompressionBombError:
-        raise UploadError(f"the image is over the server's limit of {max_pixels} pixels") from None
-    except UnidentifiedImageError:
-        raise UploadError("the upload is not an image the server can read (PNG, JPEG, WebP, "
-                          "BMP, TIFF, ...)") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise UploadError(f"the image could not be decoded (truncated or corrupt): {exc}") from None
+    with _memory_file(data) as path:
+        try:
+            height, width = read_image_header(path)
+            if width * height > max_pixels:
+                raise UploadError(
+                    f"the image is {width}x{height} = {width * height} pixels, over the "
+                    f"server's limit of {max_pixels} pixels")
+            return read_rgb(path)
+        except ImageReadError as exc:
+            # The reader names the file; here that is the memory file's path, not the user's.
+            message = str(exc).replace(f"image file {path}", "the uploaded image")
+            raise UploadError(message.replace(f" '{path}'", "").replace(path, "the upload")) from None

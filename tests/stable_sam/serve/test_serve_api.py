@@ -74,11 +74,29 @@ def test_exif_orientation_is_applied_to_uploads(served):
     assert status == 200 and (loaded["width"], loaded["height"]) == (120, 90)
 
 
+def test_uploads_are_read_by_the_packages_image_reader(served, tmp_path):
+    """An upload gives the pixels `stable-sam segment` reads from the same file: a 16-bit grey
+    PNG is scaled to 8 bits (not clipped), as the one image reader does."""
+    from PIL import Image
+
+    from stable_sam.data.image_files import read_rgb
+
+    session, url = served
+    ramp = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)
+    status, loaded = upload(url, path.read_bytes())
+    assert status == 200
+    assert np.array_equal(session.image(loaded["image_id"]), read_rgb(path))
+    assert session.image(loaded["image_id"]).max() == round(int(ramp.max()) * 255 / 65535)
+
+
 @pytest.mark.parametrize("make, status, message", [
     (lambda: b"", 400, "the upload is empty"),
-    (lambda: b"GIF89a but not really", 400, "not an image the server can read"),
+    (lambda: b"GIF89a but not really", 400,
+     "could not read the uploaded image (corrupt or not an image)"),
     (lambda: png_file_bytes(make_scene(TEST_SEED, 0, 64).image)[:3000], 400,
-     "could not be decoded"),
+     "could not decode the uploaded image (truncated or corrupt)"),
     (lambda: png_file_bytes(np.zeros((321, 320, 3), np.uint8)), 400,
      "320x321 = 102720 pixels, over the server's limit of 102400 pixels"),
     (lambda: b"\x89PNG" + bytes(300_001), 413, "over the server's limit of 293 KiB"),

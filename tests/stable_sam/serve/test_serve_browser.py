@@ -207,7 +207,8 @@ def test_bad_inputs_show_a_message_and_the_server_keeps_serving(browser, served,
     open_page(browser, url)
     text = tmp_path / "notes.png"
     text.write_text("not an image at all")
-    assert "not an image the server can read" in upload_error(browser, text)
+    assert "could not read the uploaded image (corrupt or not an image)" in upload_error(browser,
+                                                                                       text)
 
     open_page(browser, url)
     wide = tmp_path / "wide.png"

@@ -42,6 +42,7 @@ def no_model(monkeypatch):
      "--sam-checkpoint 'missing.pth': no such file"),
     (["--port", "0", "--model-type", "vit_b"],
      "--sam-checkpoint is required for --model-type vit_b"),
+    (["--port", "0", "--device", "bogus"], "--device 'bogus' is not a torch device"),
     (["--port", "0", "--host", "203.0.113.7"], "cannot listen on 203.0.113.7:0"),
 ])
 def test_bad_options_are_one_line_errors_before_the_model_loads(no_model, capsys, argv, message):
