@@ -17,7 +17,11 @@ MAX_CACHE_IMAGES = 64  # each cached embedding is 256x64x64 floats (4 MiB) for S
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("serve", help=HELP, description=HELP)
     _common.add_model_arguments(parser)
-    parser.set_defaults(model_type="demo")
+    # The other commands default to vit_b; the page runs with no arguments on the embedded model.
+    model_type = next(action for action in parser._actions if action.dest == "model_type")
+    model_type.default = "demo"
+    model_type.help = model_type.help.replace("(default vit_b)", "(default demo, the embedded "
+                                              "model: no checkpoint needed)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000,
@@ -63,7 +67,8 @@ def run(args) -> int:
     try:
         sock = bind(args.host, args.port)
     except OSError as exc:
-        raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+        raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} (another "
+                       "--port, or --port 0 for a free one)") from None
     with sock:
         model = _common.build_model(args)
         session = DemoSession(model, cache_size=args.cache_images)

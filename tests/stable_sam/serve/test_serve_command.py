@@ -60,6 +60,7 @@ def test_a_taken_port_is_reported_before_the_model_loads(no_model, capsys):
         assert cli.main(["serve", "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"stable-sam serve: error: cannot listen on 127.0.0.1:{port}: ")
+    assert err.endswith("(another --port, or --port 0 for a free one)\n")
     assert err.count("\n") == 1
 
 
