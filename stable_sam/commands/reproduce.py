@@ -30,12 +30,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", default="runs/reproduction",
                         help="work folder; a stage whose output is already there is reused, not "
                         "rerun (use a fresh folder after changing a setting)")
-    parser.add_argument("--train-scenes", type=int, default=1200)
+    parser.add_argument("--train-scenes", type=int, default=3000,
+                        help="generated training scenes: the base SAM trains on them with clean "
+                        "prompts, then each method one epoch (the trainer's default) with its own")
     parser.add_argument("--test-scenes", type=int, default=50)
-    parser.add_argument("--base-scenes", type=int, default=3000,
-                        help="generated training scenes the base SAM sees (the plugins train "
-                        "one epoch on the first --train-scenes of them)")
-    parser.add_argument("--base-steps", type=int, default=2500)
+    parser.add_argument("--base-steps", type=int, default=2000)
     parser.add_argument("--prompts-per-image", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (default 1: on a shared 2-core machine a second thread "
@@ -61,8 +60,7 @@ def _replace_section(results_md: Path, section: str) -> None:
 
 
 def run(args) -> int:
-    for name in ("train_scenes", "test_scenes", "base_scenes", "base_steps", "prompts_per_image",
-                 "threads"):
+    for name in ("train_scenes", "test_scenes", "base_steps", "prompts_per_image", "threads"):
         if getattr(args, name) < 1:
             raise CliError(f"--{name.replace('_', '-')} must be >= 1, is {getattr(args, name)}")
     import torch
@@ -77,7 +75,7 @@ def run(args) -> int:
     out = Path(args.out)
     started = time.perf_counter()
     dirs = pipeline.prepare_scenes(out, args.train_scenes, args.test_scenes)
-    base = pipeline.train_base(out, BaseTrainConfig(num_scenes=args.base_scenes,
+    base = pipeline.train_base(out, BaseTrainConfig(num_scenes=args.train_scenes,
                                                     steps=args.base_steps, threads=args.threads))
     weights = pipeline.train_methods(out, base, dirs["train"], threads=args.threads)
     table = pipeline.evaluate_methods(out, base, dirs["test"], weights,

@@ -1,8 +1,8 @@
 """Generated scenes where a casual prompt is really ambiguous, for the small-scale reproduction.
 
 Each scene has several objects that touch and overlap the target (so a loose box also holds
-parts of its neighbours), rings with holes and thin bars (boundary-heavy shapes), textured
-objects on a more strongly textured background, small clutter, and objects
+parts of its neighbours), rings with holes and thin bars (boundary-heavy shapes), nearly
+flat objects on a textured background, small clutter, and objects
 drawn over the target (occlusion). Every draw comes from `numpy.random.default_rng([seed, i])`,
 so a split is fixed by its seed; the training and the held-out split use different seeds.
 
@@ -62,10 +62,10 @@ def _shape(rng: np.random.Generator, kind: str, centre, scale: float, height: in
             cv2.ellipse(canvas, (cx, cy), inner, angle, 0, 360, 0, -1)
     elif kind == "bar":
         count = int(rng.integers(2, 4))
-        pts = np.array([cx, cy]) + rng.uniform(-1.6, 1.6, size=(count, 2)) * scale
+        pts = np.array([cx, cy]) + rng.uniform(-1.0, 1.0, size=(count, 2)) * scale
         # at least 5 px thick: thin, yet wider than one cell of the 64x64 low-res mask
         cv2.polylines(canvas, [pts.round().astype(np.int32)], False, 1,
-                      thickness=int(rng.integers(5, 10)))
+                      thickness=int(rng.integers(6, 12)))
     elif kind == "polygon":
         count = int(rng.integers(3, 8))
         angles = np.sort(rng.uniform(0, 2 * np.pi, count))
@@ -88,9 +88,9 @@ def _near_boundary(rng: np.random.Generator, mask: np.ndarray) -> tuple[float, f
 def _paint(image: np.ndarray, shape: np.ndarray, rng: np.random.Generator) -> None:
     height, width = shape.shape
     colour = rng.uniform(30, 225, size=3).astype(np.float32)
-    # Objects are less textured than the background: where an object ends is visible, so a
-    # tight prompt is enough; which object a loose prompt means is the ambiguity left.
-    fill = _texture(rng, height, width, colour, float(rng.uniform(0.15, 0.6)))
+    # Objects are nearly flat against a textured background: where an object ends is visible,
+    # so a tight prompt is enough; which object a loose prompt means is the ambiguity left.
+    fill = _texture(rng, height, width, colour, float(rng.uniform(0.05, 0.2)))
     image[shape] = fill[shape]
 
 

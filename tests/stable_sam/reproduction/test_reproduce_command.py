@@ -6,7 +6,7 @@ import json
 from stable_sam.cli import main
 from stable_sam.reproduction.pipeline import ALL_METHODS, KINDS
 
-ARGS = ["--train-scenes", "8", "--base-scenes", "8", "--test-scenes", "2", "--base-steps", "3",
+ARGS = ["--train-scenes", "8", "--test-scenes", "2", "--base-steps", "3",
         "--prompts-per-image", "2"]
 
 
