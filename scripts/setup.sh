@@ -14,6 +14,20 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 pip_install() { "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$@"; }
 
+# The demo page's browser tests drive Debian's chromium through its chromedriver (no browser is
+# downloaded at run time). Installed from Debian's registry when missing and this is root (CI).
+if ! command -v chromedriver >/dev/null 2>&1 || ! { [ -x /usr/lib/chromium/chromium ] || command -v chromium >/dev/null 2>&1; }; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      chromium chromium-driver >/dev/null
+    echo "setup.sh: installed $(chromium --version 2>/dev/null) for the browser tests"
+  else
+    echo "setup.sh: chromium and chromium-driver are missing (the browser tests need them):" \
+         "sudo apt-get install chromium chromium-driver" >&2
+  fi
+fi
+
 # Pinned torch first: the extension is compiled against exactly this build.
 if ! "$VENV/bin/python" -c "import torch, torchvision; assert torch.__version__.startswith('2.14.1')" 2>/dev/null; then
   pip_install "torch==2.14.1" "torchvision==0.29.1"
@@ -30,6 +44,6 @@ export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 # --no-build-isolation: the extension must be built against the torch installed above, not a
 # torch that pip would fetch into an isolated build environment.
 start=$(date +%s)
-pip_install --no-build-isolation -e ".[test,triton,hq,onnx]"
+pip_install --no-build-isolation -e ".[test,triton,hq,onnx,serve]"
 echo "setup.sh: environment ready in $VENV (extension build/install took $(( $(date +%s) - start )) s)"
 "$VENV/bin/python" -c "import stable_sam_ops as s; print('stable_sam_ops backends available here:', s.available_backends(), '| CUDA kernels compiled:', s._extension.compiled_with_cuda())"

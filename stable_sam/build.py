@@ -19,6 +19,12 @@ from .hq.build import HQ_SAM_BUILDERS, TINY_HQ_MODEL_TYPE
 from .modeling import StableSam
 from .modeling.plugins import PluginConfig
 from .modeling.stable_hq_sam import StableHQSam
+from .reproduction.demo_model import (
+    DEMO_MODEL_TYPE,
+    build_demo_sam,
+    embedded_checkpoints,
+    load_sam_weights,
+)
 
 TINY_SEED = 0  # the tiny SAM is random but the same on every build
 
@@ -70,6 +76,7 @@ SAM_BUILDERS: Dict[str, Callable[[], Sam]] = {
     "vit_l": lambda: sam_model_registry["vit_l"](checkpoint=None),
     "vit_h": lambda: sam_model_registry["vit_h"](checkpoint=None),
     "tiny": build_tiny_sam,
+    DEMO_MODEL_TYPE: build_demo_sam,  # weights embedded in the package, see below
     **HQ_SAM_BUILDERS,  # hq_vit_b, hq_vit_l, hq_vit_h, hq_vit_tiny, hq_tiny
 }
 RANDOM_MODEL_TYPES = ("tiny", TINY_HQ_MODEL_TYPE)  # built random on purpose, no checkpoint
@@ -86,7 +93,10 @@ def build_stable_sam(
     """Builds Stable-SAM for a SAM backbone.
 
     Arguments:
-      model_type (str): "vit_b", "vit_l", "vit_h" or "tiny" (random, for tests/demos); HQ-SAM:
+      model_type (str): "vit_b", "vit_l", "vit_h", "tiny" (random, for tests/demos) or "demo":
+        a small model trained on generated scenes, to show the method, not a segmenter for
+        photographs; its base and Stable-SAM plugin weights ship in the package and load when
+        both checkpoints are None (a sam_checkpoint alone gives identity plugins). HQ-SAM:
         "hq_vit_b", "hq_vit_l", "hq_vit_h", "hq_vit_tiny" (Light HQ-SAM) or "hq_tiny" (random).
       sam_checkpoint (str or None): official SAM weights (sam_vit_b_01ec64.pth, ...; for HQ-SAM
         sam_hq_vit_l.pth, ...), loaded with
@@ -98,10 +108,14 @@ def build_stable_sam(
     """
     if model_type not in SAM_BUILDERS:
         raise ValueError(f"model_type must be one of {sorted(SAM_BUILDERS)}, is {model_type!r}")
+    if model_type == DEMO_MODEL_TYPE:
+        sam_checkpoint, plugin_checkpoint = embedded_checkpoints(sam_checkpoint, plugin_checkpoint)
     if plugin_checkpoint is not None and plugin_config is None:
         plugin_config = read_plugin_metadata(plugin_checkpoint)["plugin_config"]
     sam = SAM_BUILDERS[model_type]()
-    if sam_checkpoint is not None:
+    if model_type == DEMO_MODEL_TYPE:
+        load_sam_weights(sam, sam_checkpoint)
+    elif sam_checkpoint is not None:
         load_sam_checkpoint(sam, sam_checkpoint)
     elif model_type not in RANDOM_MODEL_TYPES:
         warnings.warn(

@@ -5,7 +5,8 @@ Keep module-level imports light (argparse, stdlib): every command module is impo
 --help; import torch and the model inside run().
 """
 
-COMMANDS = ("segment", "visualize", "train", "evaluate", "export-onnx")
+COMMANDS = ("segment", "visualize", "train", "evaluate", "export-onnx", "reproduce", "demo",
+            "serve")
 
 
 class CliError(Exception):

@@ -11,9 +11,10 @@ import numpy as np
 
 from . import CliError
 
-MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "tiny",
+MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "tiny", "demo",
                "hq_vit_b", "hq_vit_l", "hq_vit_h", "hq_vit_tiny", "hq_tiny")
 RANDOM_MODEL_TYPES = ("tiny", "hq_tiny")  # random on purpose: no checkpoint needed
+EMBEDDED_MODEL_TYPES = ("demo",)  # weights ship in the package: no checkpoint needed
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +23,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         choices=MODEL_TYPES,
         default="vit_b",
         help="SAM backbone (default vit_b), hq_* for HQ-SAM; 'tiny' and 'hq_tiny' are random "
-        "models for demos",
+        "models for demos; 'demo' has its weights in the package (a small model trained on "
+        "generated scenes, to show the method, not a segmenter for photographs)",
     )
     parser.add_argument("--sam-checkpoint", help="official SAM weights, e.g. sam_vit_b_01ec64.pth")
     parser.add_argument(
@@ -70,7 +72,8 @@ def check_model_arguments(args) -> None:
     ):
         if path is not None and not os.path.isfile(path):
             raise CliError(f"{flag} {path!r}: no such file")
-    if args.sam_checkpoint is None and args.model_type not in RANDOM_MODEL_TYPES:
+    if (args.sam_checkpoint is None and args.model_type not in RANDOM_MODEL_TYPES
+            and args.model_type not in EMBEDDED_MODEL_TYPES):
         raise CliError(f"--sam-checkpoint is required for --model-type {args.model_type}")
     if args.plugin_checkpoint is not None:
         try:
@@ -88,7 +91,7 @@ def build_model(args):
     from ..checkpoint import CheckpointError
 
     check_model_arguments(args)
-    if args.sam_checkpoint is None:
+    if args.sam_checkpoint is None and args.model_type not in EMBEDDED_MODEL_TYPES:
         print(
             f"WARNING: --model-type {args.model_type} without --sam-checkpoint is a RANDOMLY "
             "INITIALISED SAM; its masks are meaningless (demo/test use only).",

@@ -27,7 +27,7 @@ import os
 import sys
 
 from . import CliError
-from ._common import MODEL_TYPES, RANDOM_MODEL_TYPES
+from ._common import EMBEDDED_MODEL_TYPES, MODEL_TYPES, RANDOM_MODEL_TYPES
 
 HELP = "train the Stable-SAM plugins (or the DT-SAM / PT-SAM baselines) with robust prompts"
 
@@ -177,6 +177,11 @@ def run(args) -> int:
         raise CliError(str(exc)) from None
     if args.preset == "tiny" and not config.data and config.hqseg44k_root is None:
         _demo_data(config)
+    if config.sam_checkpoint is None and config.model_type in EMBEDDED_MODEL_TYPES:
+        # the shipped base, with the plugins at identity: train, do not fine-tune the shipped ones
+        from ..reproduction.demo_model import DEMO_SAM_WEIGHTS
+
+        config = config.replace(sam_checkpoint=str(DEMO_SAM_WEIGHTS))
     if config.sam_checkpoint is None and config.model_type not in RANDOM_MODEL_TYPES:
         raise CliError(f"--sam-checkpoint is required for --model-type {config.model_type}")
     for flag, path in (("--sam-checkpoint", config.sam_checkpoint),

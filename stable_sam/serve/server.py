@@ -1,0 +1,72 @@
+"""Running the app: uvicorn on a socket bound before the model loads (a taken port is reported
+at once, and port 0 picks a free one whose number is then known), in the foreground for
+`stable-sam serve` or in a thread for the tests and the benchmark."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on (host, port); OSError says why it cannot be had."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def _server(app, log_level: str):
+    import uvicorn
+
+    # One worker process (the model is loaded once, in this process); no access log, so a
+    # burst of requests does not flood the terminal.
+    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False,
+                                         timeout_graceful_shutdown=2))
+
+
+def serve_forever(app, sock: socket.socket, log_level: str = "warning") -> None:
+    """Serves until Ctrl+C (or SIGTERM); uvicorn finishes the requests in progress first."""
+    try:
+        _server(app, log_level).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises the Ctrl+C it handled: the server has already stopped
+
+
+class ServerThread:
+    """The app served from a background thread: `with ServerThread(app) as url: ...`; the
+    server stops (and its socket closes) when the block ends."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, start_timeout: float = 30):
+        self.sock = bind(host, port)
+        self.url = url_of(self.sock)
+        self.server = _server(app, "error")
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       daemon=True)
+        self.start_timeout = start_timeout
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + self.start_timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.__exit__(None, None, None)
+                raise RuntimeError("the demo server did not start")
+            time.sleep(0.01)
+        return self.url
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()

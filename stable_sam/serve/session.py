@@ -1,0 +1,181 @@
+"""The demo server's model side: one StableSam, a small LRU cache of image embeddings, and the
+three things the page asks for (a prompt's masks, the shake, a bundled scene).
+
+SAM and Stable-SAM share the embedding: SAM is the same model's decoder with the plugins off
+(`use_plugins=False`), so one `set_image` per image serves both panels and every prompt after
+it. The predictor holds one image at a time, so every model call runs under `lock`, with the
+cached embedding put back into the predictor first.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from ..commands._common import predict
+from ..data.prompts import noisy_box
+from ..evaluation.coco import rle_json
+from ..evaluation.metrics import stability_score
+from ..predictor import predictor_for
+from . import encoding
+from .prompts import PromptError, validate_box, validate_prompts
+
+MODELS = (("sam", False), ("stable_sam", True))  # (name in the API, use_plugins)
+SHAKE_BOXES = 20  # the paper's protocol: 20 noisy boxes per target
+SHAKE_NOISE_SCALE = 0.4  # ... at noise scale 0.4
+# Attributes SamPredictor.set_image fills (HQ-SAM's predictor adds its early features).
+_EMBEDDING_ATTRIBUTES = ("features", "interm_features", "original_size", "input_size")
+
+
+class UnknownImageError(KeyError):
+    """An image id that is not (or no longer) in the cache."""
+
+    def __str__(self) -> str:
+        return (f"image {self.args[0]!r} is not loaded on the server (it may have been evicted "
+                "by newer images): upload it or pick the scene again")
+
+
+class DemoSession:
+    """The model and its embedding cache; thread-safe (the model runs one call at a time)."""
+
+    def __init__(self, model, cache_size: int = 4, top_k: int = 16) -> None:
+        if cache_size < 1:
+            raise ValueError(f"cache_size must be >= 1, is {cache_size}")
+        self.model = model
+        self.predictor = predictor_for(model)
+        self.device = next(model.parameters()).device
+        self.cache_size = cache_size
+        self.top_k = top_k
+        self.lock = threading.Lock()
+        self._cache: OrderedDict[str, dict] = OrderedDict()
+
+    # -- images ---------------------------------------------------------------------------------
+
+    def add_image(self, image: np.ndarray) -> dict:
+        """Embeds an RGB uint8 HxWx3 image (once: a known image only becomes the most recently used)
+        and returns {image_id, width, height}."""
+        digest = hashlib.sha256(np.ascontiguousarray(image).tobytes())
+        digest.update(repr(image.shape).encode())
+        image_id = digest.hexdigest()[:20]
+        with self.lock:
+            if image_id in self._cache:
+                self._cache.move_to_end(image_id)
+            else:
+                with torch.inference_mode():
+                    self.predictor.set_image(image)
+                self._cache[image_id] = {
+                    "image": image,
+                    "embedding": {name: getattr(self.predictor, name)
+                                  for name in _EMBEDDING_ATTRIBUTES
+                                  if hasattr(self.predictor, name)},
+                }
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return {"image_id": image_id, "width": int(image.shape[1]), "height": int(image.shape[0])}
+
+    def cached_ids(self) -> list[str]:
+        with self.lock:
+            return list(self._cache)
+
+    def image(self, image_id: str) -> np.ndarray:
+        with self.lock:
+            return self._entry(image_id)["image"]
+
+    def _entry(self, image_id: str) -> dict:
+        try:
+            return self._cache[image_id]
+        except KeyError:
+            raise UnknownImageError(image_id) from None
+
+    def _activate(self, image_id: str) -> np.ndarray:
+        """Puts the cached embedding into the predictor (caller holds the lock)."""
+        entry = self._entry(image_id)
+        self._cache.move_to_end(image_id)
+        for name, value in entry["embedding"].items():
+            setattr(self.predictor, name, value)
+        self.predictor.is_image_set = True
+        return entry["image"]
+
+    # -- prompts --------------------------------------------------------------------------------
+
+    def predict(self, image_id: str, box=None, points=None) -> dict:
+        """SAM's and Stable-SAM's mask for one prompt (a box and/or clicks), with the mask as a
+        PNG and as COCO RLE, the predicted IoU, and layer 2's sampling points of the top-k
+        most-attended image tokens (what `stable-sam visualize` draws)."""
+        start = time.perf_counter()
+        with self.lock:
+            image = self._activate(image_id)
+            prompts = validate_prompts(box, points, image.shape)
+            with torch.inference_mode():
+                views = {name: predict(self.predictor, prompts, False, use_plugins=use,
+                                       return_extras=True)
+                         for name, use in MODELS}
+        models = {}
+        for name, (mask, score, extras) in views.items():
+            models[name] = {
+                "score": score,
+                "area": int(mask.sum()),
+                "mask_png": encoding.mask_png_data_url(mask),
+                "rle": rle_json(mask),
+                "sampling": self._sampling_view(extras),
+            }
+        models["stable_sam"]["alpha"] = [float(a) for a in views["stable_sam"][2]["alpha"]]
+        return {"image_id": image_id, "models": models,
+                "elapsed_ms": round(1000 * (time.perf_counter() - start), 1)}
+
+    def _sampling_view(self, extras: dict) -> dict:
+        """Top-k tokens by layer-2 attention and their sampling points in image pixels."""
+        from ..commands.visualize import _to_image_pixels
+
+        attention = extras["attention"]
+        locations = extras["sampling_locations"]
+        order = np.argsort(-attention, axis=None)[: self.top_k]
+        rows, cols = np.unravel_index(order, attention.shape)
+        points = _to_image_pixels(locations[rows, cols], attention.shape,
+                                  self.predictor.input_size, self.predictor.original_size,
+                                  self.model.image_encoder.img_size)
+        return {"points": np.round(points, 2).tolist(),
+                "weights": [float(w) for w in attention[rows, cols]]}
+
+    def shake(self, image_id: str, box, seed: int = 0, count: int = SHAKE_BOXES) -> dict:
+        """The paper's Figure 1 on the user's box: `count` noisy boxes around it (scale 0.4, no
+        IoU filter, as the evaluation draws them), both models' masks for each, how often each
+        pixel is covered (a PNG, 255 = every mask) and the stability score mSF."""
+        start = time.perf_counter()
+        with self.lock:
+            image = self._activate(image_id)
+            height, width = image.shape[:2]
+            user_box = validate_box(box, image.shape)
+            rng = np.random.default_rng(int(seed))
+            boxes = np.stack([noisy_box(user_box, rng, SHAKE_NOISE_SCALE, (0.0, 1.0),
+                                        (height, width)) for _ in range(count)])
+            frame_boxes = self.predictor.transform.apply_boxes(boxes, (height, width))
+            frame_boxes = torch.as_tensor(frame_boxes, dtype=torch.float, device=self.device)
+            with torch.inference_mode():
+                masks = {name: self.predictor.predict_torch(None, None, frame_boxes,
+                                                            multimask_output=False,
+                                                            use_plugins=use)[0][:, 0]
+                         .cpu().numpy() for name, use in MODELS}
+        models = {name: {"stability": stability_score(m),
+                         "frequency_png": encoding.frequency_png_data_url(m)}
+                  for name, m in masks.items()}
+        return {"image_id": image_id, "boxes": boxes.round(2).tolist(), "models": models,
+                "noise_scale": SHAKE_NOISE_SCALE, "seed": int(seed),
+                "elapsed_ms": round(1000 * (time.perf_counter() - start), 1)}
+
+
+def scene_image(index: int, num_scenes: int) -> tuple[np.ndarray, list[float]]:
+    """Held-out generated scene `index` of `num_scenes` (the demo model never trained on them)
+    and a casual box on its target (the box `stable-sam demo` draws)."""
+    from ..commands.demo import casual_prompts
+    from ..data.scenes import TEST_SEED, make_scene
+
+    if not 0 <= index < num_scenes:
+        raise PromptError(f"scene {index} does not exist: pick 0 to {num_scenes - 1}")
+    scene = make_scene(TEST_SEED, index)
+    box, _ = casual_prompts(scene.masks[scene.target])
+    return scene.image, [round(float(v), 1) for v in box]
