@@ -35,7 +35,7 @@ def test_shipped_weights_fit_the_budget():
 
 
 def test_loads_without_checkpoint_and_segments_a_held_out_scene(demo):
-    # The shipped model is weak (GT-box mIoU 19 % on the held-out split, see
+    # The shipped model is weak (GT-box mIoU 26-29 % on the held-out split, see
     # benchmarks/RESULTS.md); this checks that it is the trained one, not a random build
     # (about 2 % here: a random decoder's mask is mostly empty or mostly full).
     predictor = StableSamPredictor(demo)
@@ -46,7 +46,7 @@ def test_loads_without_checkpoint_and_segments_a_held_out_scene(demo):
         predictor.set_image(scene.image)
         masks, _, _ = predictor.predict(box=gt_box(target), multimask_output=False)
         ious.append(_iou(masks[0], target))
-    assert np.mean(ious) > 0.1, ious
+    assert np.mean(ious) > 0.2, ious  # 0.28 with the shipped weights
     scene = make_scene(TEST_SEED, 1)
     target = scene.masks[scene.target]
     predictor.set_image(scene.image)
