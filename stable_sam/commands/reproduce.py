@@ -12,6 +12,7 @@ import argparse
 import os
 import platform
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -77,7 +78,11 @@ def run(args) -> int:
     dirs = pipeline.prepare_scenes(out, args.train_scenes, args.test_scenes)
     base = pipeline.train_base(out, BaseTrainConfig(num_scenes=args.train_scenes,
                                                     steps=args.base_steps, threads=args.threads))
-    weights = pipeline.train_methods(out, base, dirs["train"], threads=args.threads)
+    try:
+        weights = pipeline.train_methods(out, base, dirs["train"], threads=args.threads)
+    except pipeline.ReproductionStopped as exc:
+        print(f"stable-sam reproduce: {exc}", file=sys.stderr)
+        return 128 + 15  # the shell's code for "terminated by SIGTERM", as `stable-sam train`
     table = pipeline.evaluate_methods(out, base, dirs["test"], weights,
                                       prompts_per_image=args.prompts_per_image)
     minutes = (time.perf_counter() - started) / 60

@@ -20,6 +20,10 @@ NUM_TEST_SCENES = 50
 CHECK_SCENES = 3  # the held-out scenes whose records CI re-evaluates with the shipped weights
 
 
+class ReproductionStopped(Exception):
+    """SIGTERM reached a training stage; its checkpoint is written and a rerun continues it."""
+
+
 def prepare_scenes(out: Path, num_train: int, num_test: int = NUM_TEST_SCENES) -> dict:
     dirs = {"train": out / "scenes_train", "test": out / "scenes_test"}
     for split, seed, count in (("train", TRAIN_SEED, num_train), ("test", TEST_SEED, num_test)):
@@ -46,6 +50,7 @@ def train_methods(out: Path, base: Path, train_dir: Path, methods=METHODS,
     """Trains each method on the frozen base with TrainConfig's defaults (one epoch) but for the
     data, the device settings and `overrides` (tests shorten the run)."""
     from ..training import TrainConfig, train
+    from ..training.checkpointing import CHECKPOINT_NAME
 
     paths = {}
     for method in methods:
@@ -54,7 +59,14 @@ def train_methods(out: Path, base: Path, train_dir: Path, methods=METHODS,
             config = TrainConfig(model_type=DEMO_MODEL_TYPE, sam_checkpoint=str(base),
                                  method=method, data=[str(train_dir)], out_dir=str(path.parent),
                                  num_workers=0, cpu_threads=threads, device="cpu", **overrides)
-            train(config)
+            # A run cut by SIGTERM left its checkpoint: continue it. One killed before its first
+            # checkpoint left only a log, nothing to continue from: start it again.
+            cut = (path.parent / CHECKPOINT_NAME).is_file()
+            result = train(config, resume=cut, overwrite=not cut)
+            if result["stopped"]:  # SIGTERM: stop the whole reproduction, not just this method
+                raise ReproductionStopped(f"stopped by SIGTERM while training {method} "
+                                          f"(checkpoint in {path.parent}); run the same command "
+                                          "again to continue")
         paths[method] = path
     return paths
 

@@ -30,3 +30,46 @@ def test_reproduce_in_miniature(tmp_path, capsys):
     capsys.readouterr()
     assert main(["reproduce", "--out", str(out), *ARGS]) == 0
     assert weights.stat().st_mtime_ns == stamp  # reused, not retrained
+
+
+def test_sigterm_stops_the_reproduction_and_a_rerun_continues_the_cut_training(tmp_path,
+                                                                               monkeypatch):
+    import pytest
+
+    from stable_sam.data.scenes import TRAIN_SEED, write_scenes
+    from stable_sam.reproduction import pipeline
+    from stable_sam.reproduction.demo_model import DEMO_SAM_WEIGHTS
+    from stable_sam.training import loop
+
+    class SigtermAtOnce(loop.StopRequest):
+        def __enter__(self):
+            super().__enter__()
+            self.requested = True  # as if SIGTERM came during the first step
+            return self
+
+    train_dir = write_scenes(tmp_path / "train", 8, TRAIN_SEED)
+    out = tmp_path / "r"
+    methods = ("stable_sam", "pt_sam")
+    monkeypatch.setattr(loop, "StopRequest", SigtermAtOnce)
+    with pytest.raises(pipeline.ReproductionStopped, match="stable_sam"):
+        pipeline.train_methods(out, DEMO_SAM_WEIGHTS, train_dir, methods=methods, threads=1)
+    assert (out / "stable_sam" / "checkpoint.pt").is_file()
+    assert not pipeline.weights_path(out, "stable_sam").is_file()
+    assert not (out / "pt_sam").exists()  # the next method did not start
+    monkeypatch.undo()
+    paths = pipeline.train_methods(out, DEMO_SAM_WEIGHTS, train_dir, methods=methods, threads=1)
+    assert all(path.is_file() for path in paths.values())
+
+
+def test_a_method_killed_before_its_first_checkpoint_is_trained_again(tmp_path):
+    from stable_sam.data.scenes import TRAIN_SEED, write_scenes
+    from stable_sam.reproduction import pipeline
+    from stable_sam.reproduction.demo_model import DEMO_SAM_WEIGHTS
+
+    train_dir = write_scenes(tmp_path / "train", 4, TRAIN_SEED)
+    out = tmp_path / "r"
+    (out / "pt_sam").mkdir(parents=True)
+    (out / "pt_sam" / "log.csv").write_text("step,loss\n1,0.5\n")  # kill -9 during step 2
+    paths = pipeline.train_methods(out, DEMO_SAM_WEIGHTS, train_dir, methods=("pt_sam",),
+                                   threads=1)
+    assert paths["pt_sam"].is_file()
