@@ -64,6 +64,14 @@ def run(args) -> int:
     for name in ("train_scenes", "test_scenes", "base_steps", "prompts_per_image", "threads"):
         if getattr(args, name) < 1:
             raise CliError(f"--{name.replace('_', '-')} must be >= 1, is {getattr(args, name)}")
+    # the work folder, or the nearest part of its path that exists, must be a writable folder
+    existing = Path(args.out)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CliError(f"--out {args.out!r}: {str(existing)!r} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CliError(f"--out {args.out!r}: {str(existing)!r} is not writable")
     import torch
 
     from ..data._io import write_text_atomic

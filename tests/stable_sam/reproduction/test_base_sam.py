@@ -37,3 +37,14 @@ def test_reproduce_refuses_bad_numbers_before_any_work(tmp_path, capsys):
     assert main(["reproduce", "--out", str(tmp_path / "r"), "--base-steps", "0"]) == 2
     assert "stable-sam reproduce: error: --base-steps must be >= 1, is 0" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_reproduce_refuses_a_work_folder_that_is_a_file(tmp_path, capsys, below):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    out = blocker / below if below else blocker
+    assert main(["reproduce", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stable-sam reproduce: error: --out") and "is not a folder" in err
+    assert blocker.read_text() == "not a folder"
