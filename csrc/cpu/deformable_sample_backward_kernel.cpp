@@ -1,13 +1,9 @@
 // CPU backward of the fused deformable-sampling op (contract: shared/design/deformable_sample.md).
 // The layout, and the helpers it shares with the forward, are in deformable_sample_kernel.h.
 //
-// The backward is deterministic and independent of the thread count. Its tasks are (batch
-// item, row band, channel block) triples, run in two phases (even bands, then odd bands): a
-// query scatters at most r = ceil(offset_scale) + 2 rows from its own, and bands are at least
-// 2r tall, so the tasks of one phase scatter into disjoint grad_value pixels; each pixel gets
-// its sums in an order fixed by the shape (even bands, then odd; queries in order in a band).
-// The bands and the split of a group's channels into chunks depend on the shape only; how
-// many whole chunks one task takes depends on the thread count too, which changes no sum.
+// The backward is deterministic and independent of the thread count: its tasks are fixed
+// (batch, channel block) pairs, each task owns the grad_value channels it scatters into, and
+// every sum is taken in an order fixed by the code, never by the scheduling.
 #include "deformable_sample.h"
 #include "deformable_sample_kernel.h"
 #include "huge_pages.h"
@@ -18,7 +14,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cmath>
 #include <optional>
 #include <tuple>
 #include <type_traits>
@@ -31,13 +26,12 @@ using namespace detail;
 
 namespace {
 
-// Channel chunks: a task walks the queries of one row band for whole pixels (chunk = C) when
-// it can, since whole pixels stream best: on a 2-core EPYC, fp32 C = 256, blocks of 256 / 128 /
-// 64 / 32 channels ran the backward in 1.0 / 1.4 / 2.1 / 2.3x the time (slices 1 KiB apart are
-// read in pieces that hardware prefetchers do not follow). A group wider than the chunk is cut
-// into chunks_per_group chunks, the chunk halved while a phase has fewer than kMinTasks tasks,
-// down to kMinChannelBlock; that split fixes the order of the channel sums, so it depends on
-// the shape only.
+// The backward's tasks walk all queries of one batch item over a block of channels. Whole
+// pixels (block = C) stream best: on a 2-core EPYC, fp32 C = 256, blocks of 256 / 128 / 64 / 32
+// channels ran the backward in 1.0 / 1.4 / 2.1 / 2.3x the time (slices 1 KiB apart are read
+// in pieces that hardware prefetchers do not follow). So the block is C, halved only while
+// there are fewer than kMinTasks tasks, down to kMinChannelBlock. It depends on the shape only,
+// never on the thread count, so the backward's sums (and bits) do not either.
 constexpr int64_t kMinTasks = 8;
 constexpr int64_t kMinChannelBlock = 128;
 // Independent partial sums in the channel reductions: lets the compiler keep them in vector
@@ -46,45 +40,30 @@ constexpr int kLanes = 8;
 // Queries per task of the backward's reduction pass (fixes the order of the alpha sums).
 constexpr int64_t kQueryBlock = 256;
 
-// How the backward splits its work. Units are (group, chunk) pairs, G * chunks_per_group of
-// them per pixel, and every (query, unit) sum is taken whole by one task, so the number of
-// units per task (units_per_task, from the thread count) changes no bit of the result.
-struct BackwardTasks {
-  int64_t bands;             // row bands, each >= 2 * (ceil(offset_scale) + 2) rows tall
-  int64_t chunk;             // channels per unit (a whole group when C / G <= chunk)
-  int64_t chunks_per_group;  // units per group
-  int64_t units;             // G * chunks_per_group
-  int64_t units_per_task;
-  int64_t unit_tasks;        // tasks across the units of one (batch item, band)
+// How the backward splits the channels of one batch item into tasks of `block` channels:
+// either one group cut into `chunks_per_group` blocks (C / G >= block), or `groups_per_task`
+// whole groups.
+struct ChannelTasks {
+  int64_t block;
+  int64_t chunks_per_group;
+  int64_t groups_per_task;
+  int64_t per_batch;
 
-  BackwardTasks(const Dims& d, double offset_scale, int threads) {
-    // y = i + offset_scale * tanh(.) stays within offset_scale rows of i; its corners are rows
-    // floor(y) and floor(y) + 1. One more row covers the rounding of y. Bands of 2 * rows rows
-    // or more: a band then separates the two same-phase bands on either side of it.
-    const double rows = std::ceil(offset_scale) + 2.0;
-    bands = 4.0 * rows <= static_cast<double>(d.H) ? d.H / (2 * static_cast<int64_t>(rows)) : 1;
-    const int64_t per_phase = d.B * ((bands + 1) / 2);
-    chunk = d.C;
-    while (chunk / 2 >= kMinChannelBlock && per_phase * ((d.C + chunk - 1) / chunk) < kMinTasks) {
-      chunk = (chunk + 1) / 2;
+  explicit ChannelTasks(const Dims& d) {
+    block = d.C;
+    while (block / 2 >= kMinChannelBlock && d.B * ((d.C + block - 1) / block) < kMinTasks) {
+      block = (block + 1) / 2;
     }
-    if (d.Cg > chunk) {
-      chunks_per_group = (d.Cg + chunk - 1) / chunk;
+    if (d.Cg >= block) {
+      chunks_per_group = (d.Cg + block - 1) / block;
+      groups_per_task = 1;
+      per_batch = d.G * chunks_per_group;
     } else {
       chunks_per_group = 1;
-      chunk = d.Cg;
+      groups_per_task = std::max<int64_t>(1, block / d.Cg);
+      per_batch = (d.G + groups_per_task - 1) / groups_per_task;
     }
-    units = d.G * chunks_per_group;
-    // Whole pixels per task, fewer units while the threads outnumber a phase's tasks.
-    units_per_task = units;
-    while (units_per_task > 1 && per_phase * ((units + units_per_task - 1) / units_per_task) <
-                                     static_cast<int64_t>(threads)) {
-      units_per_task = (units_per_task + 1) / 2;
-    }
-    unit_tasks = (units + units_per_task - 1) / units_per_task;
   }
-
-  int64_t band_begin(int64_t k, int64_t H) const { return k * H / bands; }
 };
 
 // Sums over one (query, group, channel block) that the backward needs: g.dS/dx, g.dS/dy, g.S
@@ -198,52 +177,60 @@ ChannelSums<acc_t> backward_channels(
   return s;
 }
 
-// Pass 1 of the backward, one phase (the bands k with k % 2 == phase): task (b, band, units)
-// walks the band's queries of batch item b for its units, scattering into grad_value; per
-// (query, unit) sums go to `partial` (3 per entry: gdx, gdy, gs) and each unit's g.residual
-// sum over the band to alpha2_partial[b, band, unit].
+// Pass 1 of the backward: task (b, t) walks every query of batch item b for its channel block,
+// scattering into the grad_value channels it owns; per (query, group, chunk) sums go to
+// `partial` (3 per entry: gdx, gdy, gs) and its g.residual sum to alpha2_partial[b, t].
 template <typename scalar_t, bool kResidualGrad, bool kResidualSum>
-void backward_scatter_phase(
+void backward_scatter_pass(
     const scalar_t* grad_out, const scalar_t* value,
     const at::opmath_type<scalar_t>* offset_tanh, const scalar_t* amplitude,
-    const scalar_t* residual, const scalar_t* alpha, at::opmath_type<scalar_t> scale,
-    const Dims d, const BackwardTasks tasks, int64_t phase,
+    const scalar_t* residual, const scalar_t* alpha, at::opmath_type<scalar_t> scale, const Dims d, const ChannelTasks tasks,
     at::opmath_type<scalar_t>* grad_value, scalar_t* grad_residual,
     at::opmath_type<scalar_t>* partial, at::opmath_type<scalar_t>* alpha2_partial) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t phase_bands = (tasks.bands - phase + 1) / 2;
+  const int64_t HW = d.H * d.W;
   const std::vector<scalar_t> zeros(d.Cg, scalar_t(0));
-  at::parallel_for(0, d.B * phase_bands * tasks.unit_tasks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, d.B * tasks.per_batch, 1, [&](int64_t begin, int64_t end) {
     // Where out-of-range corners dump their (zero) gradient: 4 disjoint blocks.
     std::vector<acc_t> scratch(4 * d.Cg, acc_t(0));
-    std::vector<acc_t> gres_sums(tasks.units_per_task);
+    const int64_t sstride = d.Cg;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / (phase_bands * tasks.unit_tasks);
-      const int64_t k = 2 * (task / tasks.unit_tasks % phase_bands) + phase;
-      const int64_t u_begin = task % tasks.unit_tasks * tasks.units_per_task;
-      const int64_t u_end = std::min(tasks.units, u_begin + tasks.units_per_task);
+      const int64_t b = task / tasks.per_batch;
+      const int64_t t = task % tasks.per_batch;
+      int64_t g_begin, g_end, chunk, cs, ce;  // groups, and channels within each group
+      if (d.Cg >= tasks.block) {
+        g_begin = t / tasks.chunks_per_group;
+        g_end = g_begin + 1;
+        chunk = t % tasks.chunks_per_group;
+        cs = chunk * tasks.block;
+        ce = std::min(d.Cg, cs + tasks.block);
+      } else {
+        g_begin = t * tasks.groups_per_task;
+        g_end = std::min(d.G, g_begin + tasks.groups_per_task);
+        chunk = 0;
+        cs = 0;
+        ce = d.Cg;
+      }
+      const int64_t n = ce - cs;
       const acc_t a1 = load_or<acc_t>(alpha, 2 * b, acc_t(1));
       const acc_t a2 = load_or<acc_t>(alpha, 2 * b + 1, acc_t(1));
-      std::fill(gres_sums.begin(), gres_sums.end(), acc_t(0));
-      const int64_t ij_end = tasks.band_begin(k + 1, d.H) * d.W;
-      for (int64_t ij = tasks.band_begin(k, d.H) * d.W; ij < ij_end; ++ij) {
-        const int64_t q = b * d.H * d.W + ij;
+      acc_t gres_sum = acc_t(0);
+      for (int64_t ij = 0; ij < HW; ++ij) {
+        const int64_t q = b * HW + ij;
         const int64_t i = ij / d.W;
         const int64_t j = ij % d.W;
-        for (int64_t u = u_begin; u < u_end; ++u) {
-          const int64_t g = u / tasks.chunks_per_group;
-          const int64_t chunk = u % tasks.chunks_per_group;
-          const int64_t cs = chunk * tasks.chunk;
+        for (int64_t g = g_begin; g < g_end; ++g) {
           const int64_t qg = q * d.G + g;
           const SamplePoint<acc_t> p = math::make_sample_point_from_tanh<acc_t>(
-              offset_tanh[2 * qg], offset_tanh[2 * qg + 1], i, j, d.H, d.W, scale);
+              offset_tanh[2 * qg], offset_tanh[2 * qg + 1], i, j,
+              d.H, d.W, scale);
           const CornerWeights<acc_t> w = math::corner_weights(p);
           const acc_t A = a1 * load_or<acc_t>(amplitude, qg, acc_t(1));
           const int64_t c0 = g * d.Cg + cs;
           const scalar_t* z = zeros.data();
-          const auto gv = [&](bool in, int64_t y, int64_t x, int corner) {
+          const auto gv = [&](bool in, int64_t y, int64_t x, int k) {
             return in ? grad_value + math::pixel_index(b, y, x, d.H, d.W, d.C) + c0
-                      : scratch.data() + corner * d.Cg;
+                      : scratch.data() + k * sstride;
           };
           const ChannelSums<acc_t> s =
               backward_channels<scalar_t, acc_t, kResidualGrad, kResidualSum>(
@@ -255,18 +242,15 @@ void backward_scatter_phase(
                   gv(p.in00, p.y0, p.x0, 0), gv(p.in01, p.y0, p.x0 + 1, 1),
                   gv(p.in10, p.y0 + 1, p.x0, 2), gv(p.in11, p.y0 + 1, p.x0 + 1, 3),
                   kResidualSum ? residual + q * d.C + c0 : nullptr,
-                  kResidualGrad ? grad_residual + q * d.C + c0 : nullptr, p, w, A, a2,
-                  std::min(d.Cg, cs + tasks.chunk) - cs);
+                  kResidualGrad ? grad_residual + q * d.C + c0 : nullptr, p, w, A, a2, n);
           acc_t* part = partial + 3 * (qg * tasks.chunks_per_group + chunk);
           part[0] = s.gdx;
           part[1] = s.gdy;
           part[2] = s.gs;
-          gres_sums[u - u_begin] += s.gres;
+          gres_sum += s.gres;
         }
       }
-      for (int64_t u = u_begin; u < u_end; ++u) {
-        alpha2_partial[(b * tasks.bands + k) * tasks.units + u] = gres_sums[u - u_begin];
-      }
+      alpha2_partial[task] = gres_sum;
     }
   });
 }
@@ -276,7 +260,7 @@ void backward_scatter_phase(
 template <typename scalar_t>
 void backward_reduce_pass(const at::opmath_type<scalar_t>* offset_tanh, const scalar_t* amplitude,
                           const scalar_t* alpha, at::opmath_type<scalar_t> scale, const Dims d,
-                          const BackwardTasks tasks, const at::opmath_type<scalar_t>* partial,
+                          const ChannelTasks tasks, const at::opmath_type<scalar_t>* partial,
                           scalar_t* grad_offset, scalar_t* grad_amplitude,
                           at::opmath_type<scalar_t>* alpha1_partial) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -327,20 +311,18 @@ void deformable_sample_backward_kernel_impl(
     scalar_t* grad_alpha) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t scale = static_cast<acc_t>(offset_scale);
-  const BackwardTasks tasks(d, static_cast<double>(scale), at::get_num_threads());
+  const ChannelTasks tasks(d);
   const int64_t blocks = (d.H * d.W + kQueryBlock - 1) / kQueryBlock;
   std::vector<acc_t> partial(3 * d.queries() * d.G * tasks.chunks_per_group);
-  std::vector<acc_t> alpha2_partial(d.B * tasks.bands * tasks.units);
+  std::vector<acc_t> alpha2_partial(d.B * tasks.per_batch);
   std::vector<acc_t> alpha1_partial(d.B * blocks);
 
   const bool residual_sum = residual != nullptr && alpha != nullptr;
   auto scatter = [&](auto residual_grad, auto residual_sum_tag) {
-    for (int64_t phase = 0; phase < 2; ++phase) {
-      backward_scatter_phase<scalar_t, decltype(residual_grad)::value,
-                             decltype(residual_sum_tag)::value>(
-          grad_out, value, offset_tanh, amplitude, residual, alpha, scale, d, tasks, phase,
-          grad_value, grad_residual, partial.data(), alpha2_partial.data());
-    }
+    backward_scatter_pass<scalar_t, decltype(residual_grad)::value,
+                          decltype(residual_sum_tag)::value>(
+        grad_out, value, offset_tanh, amplitude, residual, alpha, scale, d, tasks, grad_value,
+        grad_residual, partial.data(), alpha2_partial.data());
   };
   if (residual == nullptr) {
     scatter(std::false_type{}, std::false_type{});
@@ -355,9 +337,7 @@ void deformable_sample_backward_kernel_impl(
     for (int64_t b = 0; b < d.B; ++b) {
       acc_t s1 = acc_t(0), s2 = acc_t(0);
       for (int64_t k = 0; k < blocks; ++k) s1 += alpha1_partial[b * blocks + k];
-      for (int64_t k = 0; k < tasks.bands * tasks.units; ++k) {
-        s2 += alpha2_partial[b * tasks.bands * tasks.units + k];
-      }
+      for (int64_t k = 0; k < tasks.per_batch; ++k) s2 += alpha2_partial[b * tasks.per_batch + k];
       grad_alpha[2 * b] = static_cast<scalar_t>(s1);
       grad_alpha[2 * b + 1] = static_cast<scalar_t>(s2);
     }

@@ -83,8 +83,7 @@ def test_reduced_precision_within_twice_pytorch_error(shape, dtype):
 @pytest.mark.parametrize(
     "shape",
     # (2, 3, 5, 300, 1): 300 channels in one group = several channel blocks of the backward's
-    # tasks; the last two are tall enough at offset_scale 2.5 for 2 and 4 row bands (the second
-    # with its one group cut into chunks as well)
+    # tasks; the last two are tall images with a single group of many channels
     [(2, 5, 6, 8, 2), (1, 1, 7, 3, 3), (2, 6, 4, 70, 1), (2, 3, 5, 300, 1), (1, 26, 3, 20, 2),
      (1, 45, 2, 300, 1)],
     ids=shape_id,
@@ -265,14 +264,13 @@ def test_backward_is_bit_identical_across_runs_and_thread_counts(shape):
 
 @pytest.mark.parametrize(
     "shape, offset_scale",
-    # 6, 4 and 2 row bands (scale 1: bands of 6 rows; scale 2: 8 rows); 300 channels in one
-    # group are also cut into chunks, 24 channels in 3 groups are 3 units a thread count splits
+    # tall images, one group of 300 channels, and 24 channels in 3 groups
     [((1, 40, 6, 24, 3), 1.0), ((2, 33, 5, 300, 1), 2.0), ((3, 17, 4, 16, 4), 2.0)],
     ids=lambda v: shape_id(v) if isinstance(v, tuple) else f"scale{v}",
 )
-def test_backward_in_row_bands_is_bit_identical_across_thread_counts(shape, offset_scale):
-    """The backward splits tall images into row bands; offsets saturate tanh so that many
-    queries scatter at the farthest reach, across band borders."""
+def test_backward_on_tall_images_is_bit_identical_across_thread_counts(shape, offset_scale):
+    """Offsets saturate tanh so that many queries scatter at the farthest reach, onto pixels
+    other queries (and other threads' tasks) also write."""
     case = make_case(*shape, dtype=torch.float32, offset_std=4.0)
     grad_out = torch.randn(shape[:4], dtype=torch.float32)
     threads = torch.get_num_threads()
