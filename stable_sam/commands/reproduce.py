@@ -64,6 +64,12 @@ def run(args) -> int:
     for name in ("train_scenes", "test_scenes", "base_steps", "prompts_per_image", "threads"):
         if getattr(args, name) < 1:
             raise CliError(f"--{name.replace('_', '-')} must be >= 1, is {getattr(args, name)}")
+    from ..training.config import TrainConfig
+
+    batch = TrainConfig().batch_size  # every method trains at the trainer's default batch
+    if args.train_scenes < batch:
+        raise CliError(f"--train-scenes must be >= {batch} (one training batch), is "
+                       f"{args.train_scenes}")
     # the work folder, or the nearest part of its path that exists, must be a writable folder
     existing = Path(args.out)
     while not existing.exists() and existing != existing.parent:

@@ -68,7 +68,8 @@ def _dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def _batch(scenes, images, config: BaseTrainConfig, rng: np.random.Generator):
     """(images B x 3 x H x W float, masks list of B*K H x W bool): K targets of each image, in
     image-major order to match repeat_interleave of the embeddings."""
-    picks = rng.choice(len(scenes), config.images_per_step, replace=False)
+    picks = rng.choice(len(scenes), config.images_per_step,
+                       replace=len(scenes) < config.images_per_step)
     flips = rng.uniform(size=config.images_per_step) < 0.5
     batch, masks = [], []
     for s, flip in zip(picks, flips):
@@ -95,8 +96,11 @@ def train_base_sam(config: BaseTrainConfig, out_path, progress: bool = True) -> 
     sam.requires_grad_(True)  # StableSam freezes SAM; here SAM is what trains
     params = [p for n, p in model.named_parameters() if not n.startswith("plugins")]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-4)
+    # about 5 % warm-up; the half step keeps OneCycleLR's phase ends off whole steps, where a
+    # warm-up of exactly one step (steps=20) divides by zero
+    warmup = round(0.05 * config.steps) + 0.5
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.steps,
-                                                   pct_start=0.05)
+                                                   pct_start=warmup / config.steps)
     bar = tqdm(range(config.steps), desc="base SAM", disable=not progress)
     losses, ious = [], []
     for step in bar:

@@ -48,3 +48,18 @@ def test_reproduce_refuses_a_work_folder_that_is_a_file(tmp_path, capsys, below)
     err = capsys.readouterr().err
     assert err.startswith("stable-sam reproduce: error: --out") and "is not a folder" in err
     assert blocker.read_text() == "not a folder"
+
+
+def test_reproduce_refuses_fewer_training_scenes_than_one_batch(tmp_path, capsys):
+    assert main(["reproduce", "--out", str(tmp_path / "r"), "--train-scenes", "3"]) == 2
+    assert ("stable-sam reproduce: error: --train-scenes must be >= 4 (one training batch), is 3"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("steps", [1, 2, 20])
+def test_base_trains_for_any_step_count_and_fewer_scenes_than_a_step_takes(tmp_path, steps):
+    summary = train_base_sam(BaseTrainConfig(num_scenes=2, steps=steps, images_per_step=3,
+                                             targets_per_image=2), tmp_path / "b.safetensors",
+                             progress=False)
+    assert summary["steps"] == steps
