@@ -35,7 +35,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="generated training scenes: the base SAM trains on them with clean "
                         "prompts, then each method one epoch (the trainer's default) with its own")
     parser.add_argument("--test-scenes", type=int, default=50)
-    parser.add_argument("--base-steps", type=int, default=2000)
+    parser.add_argument("--base-steps", type=int, default=3000,
+                        help="base SAM training steps (4 images x 4 targets each); about 25 min "
+                        "on one thread of the 2-core machine")
     parser.add_argument("--prompts-per-image", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (default 1: on a shared 2-core machine a second thread "

@@ -28,7 +28,7 @@ MIN_OBJECT_AREA = 150  # smaller visible objects (most clutter) are not used as 
 @dataclass
 class BaseTrainConfig:
     num_scenes: int = 3000  # training scenes (seed TRAIN_SEED); the plugins train on the same
-    steps: int = 2000
+    steps: int = 3000
     images_per_step: int = 4
     targets_per_image: int = 4  # decoded from one embedding: the encoder's cost is shared
     lr: float = 1e-3

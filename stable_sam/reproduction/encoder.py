@@ -6,6 +6,7 @@ embedding shape at a fraction of the cost.
 """
 from __future__ import annotations
 
+from segment_anything.modeling.common import LayerNorm2d
 from torch import Tensor, nn
 
 
@@ -44,6 +45,11 @@ class ConvImageEncoder(nn.Module):
             _Residual(width * 4, 2),  # dilated: each cell sees its neighbours' objects
             _Residual(width * 4, 4),
             nn.Conv2d(width * 4, out_chans, 1),
+            # SAM's neck ends in LayerNorm2d too. Without it the embedding grew to about 4x the
+            # dense positional encoding's scale, which the decoder's attention adds to it, and
+            # the prompt-to-image matching learned slower (GT-box IoU 0.34 against 0.37 after
+            # 600 steps, on a validation seed that is neither split's)
+            LayerNorm2d(out_chans),
         )
 
     def forward(self, x: Tensor) -> Tensor:
