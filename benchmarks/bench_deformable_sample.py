@@ -114,6 +114,29 @@ def header(providers):
     return cols + ["cpu GB/s", "% of copy", "copy GB/s", "% of fresh copy", "fresh copy GB/s"]
 
 
+# glibc's malloc settings that decide whether a large tensor gets fresh pages from mmap (and pays a
+# page fault per page on first write) or reuses memory an earlier tensor freed
+ALLOCATOR_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+DEFAULT_ALLOCATOR = ("defaults (a block above the mmap threshold, 128 KiB growing to at most "
+                     "32 MiB, gets fresh pages)")
+
+
+def allocator_setting(environ=os.environ) -> str:
+    """The glibc malloc variables set for this run, as `NAME=value, ...`; "" for the defaults."""
+    return ", ".join(f"{name}={environ[name]}" for name in ALLOCATOR_ENV if name in environ)
+
+
+def section_title(environ=os.environ) -> str:
+    """Runs under other allocator settings land in sections of their own, not over the default."""
+    title = "Fused op on CPU"
+    if environ.get("THP_MEM_ALLOC_ENABLE", "0") == "1":
+        title += " (THP_MEM_ALLOC_ENABLE=1)"
+    allocator = allocator_setting(environ)
+    if allocator:
+        title += f" (freed memory reused: {allocator})"
+    return title
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
@@ -141,6 +164,7 @@ def main(argv=None):
     table = markdown_table(header(providers), rows)
     body = "\n\n".join([
         f"Machine: {machine_description()}. THP_MEM_ALLOC_ENABLE={thp}. "
+        f"glibc malloc: {allocator_setting() or DEFAULT_ALLOCATOR}. "
         f"Load average (1 min): {load:.1f} at the start, {load_end:.1f} at the end.{shared}",
         f"`deformable_sample` with C={args.channels}, {args.size}x{args.size}, fp32, offset_scale 4, "
         "all optional inputs; median of repeated runs after warm-up "
@@ -153,8 +177,7 @@ def main(argv=None):
     ])
     print(f"\n{body}")
     if not args.no_write:
-        title = "Fused op on CPU" + (" (THP_MEM_ALLOC_ENABLE=1)" if thp == "1" else "")
-        write_results_section(title, body)
+        write_results_section(section_title(), body)
 
 
 if __name__ == "__main__":

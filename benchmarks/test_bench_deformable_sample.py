@@ -118,3 +118,17 @@ def test_write_results_section_honours_the_umask(tmp_path, umask):
     finally:
         os.umask(old)
     assert (tmp_path / "RESULTS.md").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_runs_under_other_allocator_settings_get_their_own_section():
+    # a run with glibc keeping freed memory must not overwrite the table of the default run
+    from bench_deformable_sample import allocator_setting, section_title
+
+    assert section_title({}) == "Fused op on CPU"
+    assert allocator_setting({"PATH": "/bin"}) == ""
+    env = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "1"}
+    assert allocator_setting(env) == "MALLOC_MMAP_THRESHOLD_=4294967296, MALLOC_TRIM_THRESHOLD_=1"
+    assert section_title(env) == ("Fused op on CPU (freed memory reused: "
+                                  "MALLOC_MMAP_THRESHOLD_=4294967296, MALLOC_TRIM_THRESHOLD_=1)")
+    thp = {"THP_MEM_ALLOC_ENABLE": "1"}
+    assert section_title(thp) == "Fused op on CPU (THP_MEM_ALLOC_ENABLE=1)"
