@@ -90,6 +90,7 @@ def run(args) -> int:
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
+    pipeline.check_reused_base(out)
     started = time.perf_counter()
     dirs = pipeline.prepare_scenes(out, args.train_scenes, args.test_scenes)
     base = pipeline.train_base(out, BaseTrainConfig(num_scenes=args.train_scenes,

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from stable_sam.data._io import write_image_atomic
+from stable_sam.data.synthetic import fill_random_polygon
 
 TRAIN_SEED = 1000  # the training split
 TEST_SEED = 2000  # the held-out split: a different seed, never used for training or tuning
@@ -68,11 +69,7 @@ def _shape(rng: np.random.Generator, kind: str, centre, scale: float, height: in
         cv2.polylines(canvas, [pts.round().astype(np.int32)], False, 1,
                       thickness=int(rng.integers(6, 12)))
     elif kind == "polygon":
-        count = int(rng.integers(3, 8))
-        angles = np.sort(rng.uniform(0, 2 * np.pi, count))
-        radii = rng.uniform(0.5, 1.1, count) * scale
-        pts = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=1)
-        cv2.fillPoly(canvas, [pts.round().astype(np.int32)], 1)
+        fill_random_polygon(canvas, rng, (cx, cy), (0.5, 1.1), scale)
     else:
         raise ValueError(f"kind must be one of {SHAPES}, is {kind!r}")
     return canvas.astype(bool)

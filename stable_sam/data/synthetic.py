@@ -28,6 +28,19 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+def fill_random_polygon(canvas: np.ndarray, rng: np.random.Generator, centre, radius_range,
+                        scale: float) -> None:
+    """Fills a star-shaped polygon of 3-7 vertices around `centre` with 1, each vertex at a random
+    angle and at radius uniform(*radius_range) * scale (the generated scenes draw theirs with it
+    too; its draws from `rng` fix both generators' outputs, so keep their order)."""
+    count = int(rng.integers(3, 8))
+    angles = np.sort(rng.uniform(0, 2 * np.pi, count))
+    radii = rng.uniform(*radius_range, count) * scale
+    cx, cy = centre
+    pts = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=1)
+    cv2.fillPoly(canvas, [pts.round().astype(np.int32)], 1)
+
+
 def _shape_mask(rng: np.random.Generator, kind: str, height: int, width: int) -> np.ndarray:
     canvas = np.zeros((height, width), np.uint8)
     short = min(height, width)
@@ -36,11 +49,7 @@ def _shape_mask(rng: np.random.Generator, kind: str, height: int, width: int) ->
         axes = (int(rng.uniform(0.1, 0.3) * short), int(rng.uniform(0.1, 0.3) * short))
         cv2.ellipse(canvas, (int(cx), int(cy)), axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
     elif kind == "polygon":
-        count = int(rng.integers(3, 8))
-        angles = np.sort(rng.uniform(0, 2 * np.pi, count))
-        radii = rng.uniform(0.1, 0.3, count) * short
-        pts = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=1)
-        cv2.fillPoly(canvas, [pts.round().astype(np.int32)], 1)
+        fill_random_polygon(canvas, rng, (cx, cy), (0.1, 0.3), short)
     elif kind == "thin":
         # A thick-ish polyline: thin structures are what boundary IoU is sensitive to.
         count = int(rng.integers(2, 5))

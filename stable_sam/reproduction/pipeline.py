@@ -33,8 +33,27 @@ def prepare_scenes(out: Path, num_train: int, num_test: int = NUM_TEST_SCENES) -
     return dirs
 
 
+def base_path(out: Path) -> Path:
+    return out / "base_sam.safetensors"
+
+
+def check_reused_base(out: Path) -> None:
+    """A base that OUT already holds is reused: it must load into today's demo architecture
+    (one from an older version of the package does not), checked before any scene is written."""
+    from ..checkpoint import CheckpointError
+    from .demo_model import build_demo_sam, load_sam_weights
+
+    path = base_path(out)
+    if path.is_file():
+        try:
+            load_sam_weights(build_demo_sam(), path)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}; the work folder holds a run of another version: "
+                                  "use a fresh --out") from exc
+
+
 def train_base(out: Path, config: BaseTrainConfig, progress: bool = True) -> Path:
-    path = out / "base_sam.safetensors"
+    path = base_path(out)
     if not path.is_file():
         train_base_sam(config, path, progress=progress)
     return path

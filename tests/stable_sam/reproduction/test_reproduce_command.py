@@ -73,3 +73,23 @@ def test_a_method_killed_before_its_first_checkpoint_is_trained_again(tmp_path):
     paths = pipeline.train_methods(out, DEMO_SAM_WEIGHTS, train_dir, methods=("pt_sam",),
                                    threads=1)
     assert paths["pt_sam"].is_file()
+
+
+def test_a_base_of_another_architecture_is_refused_before_any_work(tmp_path, capsys):
+    # a work folder from an older version (its encoder without the final LayerNorm2d): one line,
+    # exit 2, before the scenes are written, and the old base is left as it was
+    from torch import nn
+
+    from stable_sam.reproduction.demo_model import build_demo_sam, save_sam_weights
+
+    sam = build_demo_sam()
+    sam.image_encoder.layers = nn.Sequential(*list(sam.image_encoder.layers)[:-1])
+    out = tmp_path / "r"
+    base = save_sam_weights(sam, out / "base_sam.safetensors")
+    before = base.read_bytes()
+    assert main(["reproduce", "--out", str(out), *ARGS]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("stable-sam reproduce: error:") and "use a fresh --out" in err
+    assert len(err.splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["base_sam.safetensors"]
+    assert base.read_bytes() == before
