@@ -1,9 +1,16 @@
 // CPU backward of the fused deformable-sampling op (contract: shared/design/deformable_sample.md).
 // The layout, and the helpers it shares with the forward, are in deformable_sample_kernel.h.
 //
-// The backward is deterministic and independent of the thread count: its tasks are fixed
-// (batch, channel block) pairs, each task owns the grad_value channels it scatters into, and
-// every sum is taken in an order fixed by the code, never by the scheduling.
+// The backward gathers instead of scattering, so it needs no atomics, no private copies of
+// grad_value and no zeroing, and its bits do not depend on the thread count:
+//   1. the query pass sums each (query, group) over its channels (grad_offset, grad_amplitude,
+//      alpha partials per fixed block of queries), writes grad_residual, and records where
+//      each sampling point's corners fall and with what weights;
+//   2. a stable counting sort lists, per (batch item, group), the queries of each corner cell;
+//   3. the gather pass writes each grad_value pixel once, summing over the queries that sample
+//      it in an order fixed by the data (cell, then query index).
+// Passes 1 and 3 split queries and value rows, not batch items or channels, so every core
+// has work at batch size 1.
 #include "deformable_sample.h"
 #include "deformable_sample_kernel.h"
 #include "huge_pages.h"
@@ -14,6 +21,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <memory>
 #include <optional>
 #include <tuple>
 #include <type_traits>
@@ -26,48 +34,20 @@ using namespace detail;
 
 namespace {
 
-// The backward's tasks walk all queries of one batch item over a block of channels. Whole
-// pixels (block = C) stream best: on a 2-core EPYC, fp32 C = 256, blocks of 256 / 128 / 64 / 32
-// channels ran the backward in 1.0 / 1.4 / 2.1 / 2.3x the time (slices 1 KiB apart are read
-// in pieces that hardware prefetchers do not follow). So the block is C, halved only while
-// there are fewer than kMinTasks tasks, down to kMinChannelBlock. It depends on the shape only,
-// never on the thread count, so the backward's sums (and bits) do not either.
-constexpr int64_t kMinTasks = 8;
-constexpr int64_t kMinChannelBlock = 128;
+// Queries per block of the query pass. One alpha partial per block, summed in block order,
+// so the alpha sums keep one order whatever the thread count.
+constexpr int64_t kQueryBlock = 64;
+// Value rows per task of the gather pass (any split gives the same bits: no sum crosses
+// pixels); small enough that a batch-1 image still gives every core work.
+constexpr int64_t kGatherRows = 1;
+// How many pixels ahead the gather pass prefetches the grad_out slices it reads first.
+constexpr int64_t kGatherPrefetchPixels = 2;
 // Independent partial sums in the channel reductions: lets the compiler keep them in vector
 // registers while the summation order stays the one written here.
 constexpr int kLanes = 8;
-// Queries per task of the backward's reduction pass (fixes the order of the alpha sums).
-constexpr int64_t kQueryBlock = 256;
 
-// How the backward splits the channels of one batch item into tasks of `block` channels:
-// either one group cut into `chunks_per_group` blocks (C / G >= block), or `groups_per_task`
-// whole groups.
-struct ChannelTasks {
-  int64_t block;
-  int64_t chunks_per_group;
-  int64_t groups_per_task;
-  int64_t per_batch;
-
-  explicit ChannelTasks(const Dims& d) {
-    block = d.C;
-    while (block / 2 >= kMinChannelBlock && d.B * ((d.C + block - 1) / block) < kMinTasks) {
-      block = (block + 1) / 2;
-    }
-    if (d.Cg >= block) {
-      chunks_per_group = (d.Cg + block - 1) / block;
-      groups_per_task = 1;
-      per_batch = d.G * chunks_per_group;
-    } else {
-      chunks_per_group = 1;
-      groups_per_task = std::max<int64_t>(1, block / d.Cg);
-      per_batch = (d.G + groups_per_task - 1) / groups_per_task;
-    }
-  }
-};
-
-// Sums over one (query, group, channel block) that the backward needs: g.dS/dx, g.dS/dy, g.S
-// (for amplitude and alpha1) and g.residual (for alpha2).
+// Sums over one (query, group) that the backward needs: g.dS/dx, g.dS/dy, g.S (for amplitude
+// and alpha1) and g.residual (for alpha2).
 template <typename acc_t>
 struct ChannelSums {
   acc_t gdx, gdy, gs, gres;
@@ -110,63 +90,44 @@ __attribute__((always_inline)) inline void store_lanes(scalar_t* p,
   }
 }
 
-// Up to kLanes channels of the backward (m of them, from channel 0 of every pointer): adds
-// the channels' terms to the lane sums and scatters A * w * g into the four corners. Always
-// inlined, so that the main loop's m == kLanes is a constant and its loads are vector loads.
-template <typename scalar_t, typename acc_t, bool kResidualGrad, bool kResidualSum>
-__attribute__((always_inline)) inline void backward_lanes(
-    const scalar_t* go, const scalar_t* v00, const scalar_t* v01, const scalar_t* v10,
-    const scalar_t* v11, acc_t* gv00, acc_t* gv01, acc_t* gv10, acc_t* gv11,
-    const scalar_t* res, scalar_t* gres, const SamplePoint<acc_t>& p,
-    const CornerWeights<acc_t>& w, const CornerWeights<acc_t>& aw, acc_t a2, int m,
-    typename LanesOf<acc_t>::type& lx, typename LanesOf<acc_t>::type& ly,
-    typename LanesOf<acc_t>::type& ls, typename LanesOf<acc_t>::type& lr) {
-  using V = typename LanesOf<acc_t>::type;
-  const V g = load_lanes<acc_t>(go, m);
-  const V x00 = load_lanes<acc_t>(v00, m), x01 = load_lanes<acc_t>(v01, m);
-  const V x10 = load_lanes<acc_t>(v10, m), x11 = load_lanes<acc_t>(v11, m);
-  // Lanes past m hold zeros and add nothing.
-  lx += g * math::interpolate_dx(p, x00, x01, x10, x11);
-  ly += g * math::interpolate_dy(p, x00, x01, x10, x11);
-  ls += g * math::interpolate(w, x00, x01, x10, x11);
-  store_lanes<acc_t>(gv00, load_lanes<acc_t>(gv00, m) + aw.w00 * g, m);
-  store_lanes<acc_t>(gv01, load_lanes<acc_t>(gv01, m) + aw.w01 * g, m);
-  store_lanes<acc_t>(gv10, load_lanes<acc_t>(gv10, m) + aw.w10 * g, m);
-  store_lanes<acc_t>(gv11, load_lanes<acc_t>(gv11, m) + aw.w11 * g, m);
-  if constexpr (kResidualGrad) {
-    store_lanes<acc_t>(gres, a2 * g, m);
+// Runs f(c, m) over n channels in blocks of m = kLanes, then the tail; the main loop's m is a
+// constant, so the always-inlined lane helpers compile to vector loads there.
+template <typename F>
+__attribute__((always_inline)) inline void for_lane_blocks(int64_t n, F&& f) {
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes) {
+    f(c, kLanes);
   }
-  if constexpr (kResidualSum) {
-    lr += g * load_lanes<acc_t>(res, m);
+  if (c < n) {
+    f(c, static_cast<int>(n - c));
   }
 }
 
-// One (query, group, channel block) of the backward over n contiguous channels: scatters
-// A * w * g into the four corners of grad_value (gv.. point at a task-private scratch for
-// corners out of range, so no two of them alias), writes grad_residual and returns the sums,
-// each summed in kLanes fixed lanes and then over the lanes in order.
+// One (query, group) of the query pass over its n contiguous channels: writes grad_residual
+// and returns the sums, each summed in kLanes fixed lanes and then over the lanes in order.
 template <typename scalar_t, typename acc_t, bool kResidualGrad, bool kResidualSum>
-ChannelSums<acc_t> backward_channels(
-    const scalar_t* go, const scalar_t* v00, const scalar_t* v01, const scalar_t* v10,
-    const scalar_t* v11, acc_t* gv00, acc_t* gv01, acc_t* gv10, acc_t* gv11,
-    const scalar_t* res, scalar_t* gres, const SamplePoint<acc_t>& p,
-    const CornerWeights<acc_t> w, acc_t A, acc_t a2, int64_t n) {
+ChannelSums<acc_t> query_channel_sums(const scalar_t* go, const scalar_t* v00,
+                                      const scalar_t* v01, const scalar_t* v10,
+                                      const scalar_t* v11, const scalar_t* res, scalar_t* gres,
+                                      const SamplePoint<acc_t>& p, const CornerWeights<acc_t>& w,
+                                      acc_t a2, int64_t n) {
   using V = typename LanesOf<acc_t>::type;
-  const CornerWeights<acc_t> aw = scaled(w, A);
   V lx = {}, ly = {}, ls = {}, lr = {};
-  const auto block = [&](int64_t c, int m) {
-    backward_lanes<scalar_t, acc_t, kResidualGrad, kResidualSum>(
-        go + c, v00 + c, v01 + c, v10 + c, v11 + c, gv00 + c, gv01 + c, gv10 + c, gv11 + c,
-        kResidualSum ? res + c : nullptr, kResidualGrad ? gres + c : nullptr, p, w, aw, a2, m,
-        lx, ly, ls, lr);
-  };
-  int64_t c = 0;
-  for (; c + kLanes <= n; c += kLanes) {
-    block(c, kLanes);  // a constant m: the vector loads
-  }
-  if (c < n) {
-    block(c, static_cast<int>(n - c));
-  }
+  for_lane_blocks(n, [&](int64_t c, int m) {
+    const V g = load_lanes<acc_t>(go + c, m);
+    const V x00 = load_lanes<acc_t>(v00 + c, m), x01 = load_lanes<acc_t>(v01 + c, m);
+    const V x10 = load_lanes<acc_t>(v10 + c, m), x11 = load_lanes<acc_t>(v11 + c, m);
+    // Lanes past m hold zeros and add nothing.
+    lx += g * math::interpolate_dx(p, x00, x01, x10, x11);
+    ly += g * math::interpolate_dy(p, x00, x01, x10, x11);
+    ls += g * math::interpolate(w, x00, x01, x10, x11);
+    if constexpr (kResidualGrad) {
+      store_lanes<acc_t>(gres + c, a2 * g, m);
+    }
+    if constexpr (kResidualSum) {
+      lr += g * load_lanes<acc_t>(res + c, m);
+    }
+  });
   ChannelSums<acc_t> s{acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
   for (int l = 0; l < kLanes; ++l) {
     s.gdx += lx[l];
@@ -177,126 +138,235 @@ ChannelSums<acc_t> backward_channels(
   return s;
 }
 
-// Pass 1 of the backward: task (b, t) walks every query of batch item b for its channel block,
-// scattering into the grad_value channels it owns; per (query, group, chunk) sums go to
-// `partial` (3 per entry: gdx, gdy, gs) and its g.residual sum to alpha2_partial[b, t].
+// What the gather pass needs of one (query, group): the cell of its top-left corner in the
+// (H + 1) x (W + 1) grid of corners shifted by one (so that row and column -1 fit), or -1
+// when no corner is in range; and A times each corner's weight.
+template <typename acc_t>
+struct GatherTerm {
+  int64_t query;           // pixel index within the batch item
+  int64_t group;
+  CornerWeights<acc_t> w;  // A * corner weights
+};
+
+template <typename acc_t>
+struct GatherPlan {
+  int64_t* cell;                  // (B, H, W, G)
+  CornerWeights<acc_t>* weights;  // (B, H, W, G)
+  // Per batch item, the (query, group) terms sorted by key = cell * G + group (query order
+  // within a key), and each key's first term: one pixel's groups are neighbours in memory.
+  int64_t* key_start;             // (B, cells * G + 1)
+  GatherTerm<acc_t>* terms;       // (B, H * W * G)
+  int64_t cells;
+};
+
+inline int64_t corner_cell(int64_t y0, int64_t x0, int64_t W) {
+  return (y0 + 1) * (W + 1) + (x0 + 1);
+}
+
+// Pass 1, over blocks of kQueryBlock queries: everything that is a sum over one query's
+// channels (grad_offset, grad_amplitude, and per block the alpha partials), grad_residual,
+// and each (query, group)'s cell and weights for the gather pass. Each (query, group) is
+// summed whole by one task, so the split of blocks over threads changes no bit.
 template <typename scalar_t, bool kResidualGrad, bool kResidualSum>
-void backward_scatter_pass(
-    const scalar_t* grad_out, const scalar_t* value,
-    const at::opmath_type<scalar_t>* offset_tanh, const scalar_t* amplitude,
-    const scalar_t* residual, const scalar_t* alpha, at::opmath_type<scalar_t> scale, const Dims d, const ChannelTasks tasks,
-    at::opmath_type<scalar_t>* grad_value, scalar_t* grad_residual,
-    at::opmath_type<scalar_t>* partial, at::opmath_type<scalar_t>* alpha2_partial) {
+void backward_query_pass(const scalar_t* grad_out, const scalar_t* value,
+                         const at::opmath_type<scalar_t>* offset_tanh, const scalar_t* amplitude,
+                         const scalar_t* residual, const scalar_t* alpha,
+                         at::opmath_type<scalar_t> scale, const Dims d,
+                         const GatherPlan<at::opmath_type<scalar_t>>& plan,
+                         scalar_t* grad_offset, scalar_t* grad_amplitude,
+                         scalar_t* grad_residual, at::opmath_type<scalar_t>* alpha1_partial,
+                         at::opmath_type<scalar_t>* alpha2_partial) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t HW = d.H * d.W;
+  const int64_t blocks = (HW + kQueryBlock - 1) / kQueryBlock;
   const std::vector<scalar_t> zeros(d.Cg, scalar_t(0));
-  at::parallel_for(0, d.B * tasks.per_batch, 1, [&](int64_t begin, int64_t end) {
-    // Where out-of-range corners dump their (zero) gradient: 4 disjoint blocks.
-    std::vector<acc_t> scratch(4 * d.Cg, acc_t(0));
-    const int64_t sstride = d.Cg;
+  // One (query, group)'s sampling point, weights, amplitude and corner rows of value.
+  struct Sample {
+    SamplePoint<acc_t> p;
+    CornerWeights<acc_t> w;
+    acc_t amp;
+    const scalar_t* v[4];
+  };
+  // The samples of query q's groups, with their corners prefetched.
+  const auto plan_query = [&](int64_t q, Sample* samples) {
+    const int64_t b = q / HW;
+    const int64_t i = (q % HW) / d.W;
+    const int64_t j = q % d.W;
+    const scalar_t* z = zeros.data();
+    for (int64_t g = 0; g < d.G; ++g) {
+      const int64_t qg = q * d.G + g;
+      Sample& s = samples[g];
+      s.p = math::make_sample_point_from_tanh<acc_t>(offset_tanh[2 * qg], offset_tanh[2 * qg + 1],
+                                                     i, j, d.H, d.W, scale);
+      s.w = math::corner_weights(s.p);
+      s.amp = load_or<acc_t>(amplitude, qg, acc_t(1));
+      const int64_t c0 = g * d.Cg;
+      s.v[0] = corner_ptr(value, s.p.in00, b, s.p.y0, s.p.x0, d, c0, z);
+      s.v[1] = corner_ptr(value, s.p.in01, b, s.p.y0, s.p.x0 + 1, d, c0, z);
+      s.v[2] = corner_ptr(value, s.p.in10, b, s.p.y0 + 1, s.p.x0, d, c0, z);
+      s.v[3] = corner_ptr(value, s.p.in11, b, s.p.y0 + 1, s.p.x0 + 1, d, c0, z);
+      for (const scalar_t* v : s.v) prefetch_channels(v, d.Cg);
+    }
+  };
+  at::parallel_for(0, d.B * blocks, 1, [&](int64_t begin, int64_t end) {
+    // Query q's samples are planned while query q - 1 is summed.
+    std::vector<Sample> current(d.G), next(d.G);
+    const int64_t q_end = std::min(HW, (end - 1) % blocks * kQueryBlock + kQueryBlock) +
+                          (end - 1) / blocks * HW;
+    plan_query(begin / blocks * HW + begin % blocks * kQueryBlock, current.data());
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / tasks.per_batch;
-      const int64_t t = task % tasks.per_batch;
-      int64_t g_begin, g_end, chunk, cs, ce;  // groups, and channels within each group
-      if (d.Cg >= tasks.block) {
-        g_begin = t / tasks.chunks_per_group;
-        g_end = g_begin + 1;
-        chunk = t % tasks.chunks_per_group;
-        cs = chunk * tasks.block;
-        ce = std::min(d.Cg, cs + tasks.block);
-      } else {
-        g_begin = t * tasks.groups_per_task;
-        g_end = std::min(d.G, g_begin + tasks.groups_per_task);
-        chunk = 0;
-        cs = 0;
-        ce = d.Cg;
-      }
-      const int64_t n = ce - cs;
+      const int64_t b = task / blocks;
+      const int64_t ij_begin = (task % blocks) * kQueryBlock;
+      const int64_t ij_end = std::min(HW, ij_begin + kQueryBlock);
       const acc_t a1 = load_or<acc_t>(alpha, 2 * b, acc_t(1));
       const acc_t a2 = load_or<acc_t>(alpha, 2 * b + 1, acc_t(1));
-      acc_t gres_sum = acc_t(0);
-      for (int64_t ij = 0; ij < HW; ++ij) {
+      acc_t a1_sum = acc_t(0), a2_sum = acc_t(0);
+      for (int64_t ij = ij_begin; ij < ij_end; ++ij) {
         const int64_t q = b * HW + ij;
-        const int64_t i = ij / d.W;
-        const int64_t j = ij % d.W;
-        for (int64_t g = g_begin; g < g_end; ++g) {
-          const int64_t qg = q * d.G + g;
-          const SamplePoint<acc_t> p = math::make_sample_point_from_tanh<acc_t>(
-              offset_tanh[2 * qg], offset_tanh[2 * qg + 1], i, j,
-              d.H, d.W, scale);
-          const CornerWeights<acc_t> w = math::corner_weights(p);
-          const acc_t A = a1 * load_or<acc_t>(amplitude, qg, acc_t(1));
-          const int64_t c0 = g * d.Cg + cs;
-          const scalar_t* z = zeros.data();
-          const auto gv = [&](bool in, int64_t y, int64_t x, int k) {
-            return in ? grad_value + math::pixel_index(b, y, x, d.H, d.W, d.C) + c0
-                      : scratch.data() + k * sstride;
-          };
-          const ChannelSums<acc_t> s =
-              backward_channels<scalar_t, acc_t, kResidualGrad, kResidualSum>(
-                  grad_out + q * d.C + c0,
-                  corner_ptr(value, p.in00, b, p.y0, p.x0, d, c0, z),
-                  corner_ptr(value, p.in01, b, p.y0, p.x0 + 1, d, c0, z),
-                  corner_ptr(value, p.in10, b, p.y0 + 1, p.x0, d, c0, z),
-                  corner_ptr(value, p.in11, b, p.y0 + 1, p.x0 + 1, d, c0, z),
-                  gv(p.in00, p.y0, p.x0, 0), gv(p.in01, p.y0, p.x0 + 1, 1),
-                  gv(p.in10, p.y0 + 1, p.x0, 2), gv(p.in11, p.y0 + 1, p.x0 + 1, 3),
-                  kResidualSum ? residual + q * d.C + c0 : nullptr,
-                  kResidualGrad ? grad_residual + q * d.C + c0 : nullptr, p, w, A, a2, n);
-          acc_t* part = partial + 3 * (qg * tasks.chunks_per_group + chunk);
-          part[0] = s.gdx;
-          part[1] = s.gdy;
-          part[2] = s.gs;
-          gres_sum += s.gres;
+        if (q + 1 < q_end) {
+          plan_query(q + 1, next.data());
         }
+        for (int64_t g = 0; g < d.G; ++g) {
+          const int64_t qg = q * d.G + g;
+          const Sample& s = current[g];
+          const acc_t A = a1 * s.amp;
+          const int64_t c0 = g * d.Cg;
+          const ChannelSums<acc_t> sums =
+              query_channel_sums<scalar_t, acc_t, kResidualGrad, kResidualSum>(
+                  grad_out + q * d.C + c0, s.v[0], s.v[1], s.v[2], s.v[3],
+                  kResidualSum ? residual + q * d.C + c0 : nullptr,
+                  kResidualGrad ? grad_residual + q * d.C + c0 : nullptr, s.p, s.w, a2, d.Cg);
+          grad_offset[2 * qg] = static_cast<scalar_t>(A * sums.gdx * s.p.dx_draw);
+          grad_offset[2 * qg + 1] = static_cast<scalar_t>(A * sums.gdy * s.p.dy_draw);
+          if (grad_amplitude != nullptr) {
+            grad_amplitude[qg] = static_cast<scalar_t>(a1 * sums.gs);
+          }
+          a1_sum += s.amp * sums.gs;
+          a2_sum += sums.gres;
+          plan.cell[qg] = s.p.any_in_range() ? corner_cell(s.p.y0, s.p.x0, d.W) : -1;
+          plan.weights[qg] = scaled(s.w, A);
+        }
+        std::swap(current, next);
       }
-      alpha2_partial[task] = gres_sum;
+      alpha1_partial[task] = a1_sum;
+      alpha2_partial[task] = a2_sum;
     }
   });
 }
 
-// Pass 2: per (query, group), sums the chunks' partials in chunk order into grad_offset and
-// grad_amplitude; per (b, query block), the alpha1 partial sums.
-template <typename scalar_t>
-void backward_reduce_pass(const at::opmath_type<scalar_t>* offset_tanh, const scalar_t* amplitude,
-                          const scalar_t* alpha, at::opmath_type<scalar_t> scale, const Dims d,
-                          const ChannelTasks tasks, const at::opmath_type<scalar_t>* partial,
-                          scalar_t* grad_offset, scalar_t* grad_amplitude,
-                          at::opmath_type<scalar_t>* alpha1_partial) {
-  using acc_t = at::opmath_type<scalar_t>;
+// Pass 2: a stable counting sort of each batch item's (query, group) terms by key, so that
+// each key lists its queries in index order. Counting and placing run per (batch item,
+// group) into a count per (batch item, group, cell), so no two tasks touch one counter; only
+// the prefix sum over keys runs per batch item.
+template <typename acc_t>
+void backward_sort_pass(const Dims d, const GatherPlan<acc_t>& plan, int64_t* count) {
   const int64_t HW = d.H * d.W;
-  const int64_t blocks = (HW + kQueryBlock - 1) / kQueryBlock;
-  at::parallel_for(0, d.B * blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / blocks;
-      const int64_t ij_end = std::min(HW, (task % blocks + 1) * kQueryBlock);
-      const acc_t a1 = load_or<acc_t>(alpha, 2 * b, acc_t(1));
-      acc_t a1_sum = acc_t(0);
-      for (int64_t ij = (task % blocks) * kQueryBlock; ij < ij_end; ++ij) {
-        const int64_t q = b * HW + ij;
+  const int64_t keys = plan.cells * d.G;
+  at::parallel_for(0, d.B * d.G, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bg = begin; bg < end; ++bg) {
+      const int64_t b = bg / d.G;
+      const int64_t g = bg % d.G;
+      int64_t* n = count + bg * plan.cells;
+      std::fill(n, n + plan.cells, int64_t(0));
+      const int64_t* cell = plan.cell + b * HW * d.G + g;
+      for (int64_t ij = 0; ij < HW; ++ij) {
+        if (cell[ij * d.G] >= 0) ++n[cell[ij * d.G]];
+      }
+    }
+  });
+  // Each key's first term; the counts become the placing cursors.
+  at::parallel_for(0, d.B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      int64_t* start = plan.key_start + b * (keys + 1);
+      int64_t next = 0;
+      for (int64_t c = 0; c < plan.cells; ++c) {
         for (int64_t g = 0; g < d.G; ++g) {
-          const int64_t qg = q * d.G + g;
-          acc_t gdx = acc_t(0), gdy = acc_t(0), gs = acc_t(0);
-          for (int64_t k = 0; k < tasks.chunks_per_group; ++k) {
-            const acc_t* part = partial + 3 * (qg * tasks.chunks_per_group + k);
-            gdx += part[0];
-            gdy += part[1];
-            gs += part[2];
-          }
-          const SamplePoint<acc_t> p = math::make_sample_point_from_tanh<acc_t>(
-              offset_tanh[2 * qg], offset_tanh[2 * qg + 1],
-              ij / d.W, ij % d.W, d.H, d.W, scale);
-          const acc_t amp = load_or<acc_t>(amplitude, qg, acc_t(1));
-          const acc_t A = a1 * amp;
-          grad_offset[2 * qg] = static_cast<scalar_t>(A * gdx * p.dx_draw);
-          grad_offset[2 * qg + 1] = static_cast<scalar_t>(A * gdy * p.dy_draw);
-          if (grad_amplitude != nullptr) {
-            grad_amplitude[qg] = static_cast<scalar_t>(a1 * gs);
-          }
-          a1_sum += amp * gs;
+          int64_t& n = count[(b * d.G + g) * plan.cells + c];
+          start[c * d.G + g] = next;
+          next += n;
+          n = start[c * d.G + g];
         }
       }
-      alpha1_partial[task] = a1_sum;
+      start[keys] = next;
+    }
+  });
+  at::parallel_for(0, d.B * d.G, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bg = begin; bg < end; ++bg) {
+      const int64_t b = bg / d.G;
+      const int64_t g = bg % d.G;
+      int64_t* cursor = count + bg * plan.cells;
+      GatherTerm<acc_t>* terms = plan.terms + b * HW * d.G;
+      const int64_t* cell = plan.cell + b * HW * d.G + g;
+      const CornerWeights<acc_t>* weights = plan.weights + b * HW * d.G + g;
+      for (int64_t ij = 0; ij < HW; ++ij) {
+        if (cell[ij * d.G] >= 0) {
+          terms[cursor[cell[ij * d.G]]++] = GatherTerm<acc_t>{ij, g, weights[ij * d.G]};
+        }
+      }
+    }
+  });
+}
+
+// Pass 3, over value rows: each grad_value pixel gathers A * w * g from the queries whose
+// corners it is and is written once. A channel's terms are summed cell by cell in the order
+// of cell_step below, and in query order within a cell. No two tasks write one pixel and no
+// sum crosses pixels, so any split over threads gives the same bits, and grad_value needs no
+// zeroing. A pixel's keys for one cell are contiguous (all its groups), so the pixel walks
+// four runs of terms, whatever the number of groups.
+template <typename scalar_t>
+void backward_gather_pass(const scalar_t* grad_out, const Dims d,
+                          const GatherPlan<at::opmath_type<scalar_t>>& plan,
+                          scalar_t* grad_value) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = typename LanesOf<acc_t>::type;
+  const int64_t HW = d.H * d.W;
+  const int64_t C = d.C;
+  const int64_t Cg = d.Cg;
+  const int64_t G = d.G;
+  const int64_t row_tasks = (d.H + kGatherRows - 1) / kGatherRows;
+  // Pixel (y, x) is corner 11 of the cell whose top-left corner is (y - 1, x - 1), 10 of
+  // (y - 1, x), 01 of (y, x - 1) and 00 of (y, x): in the shifted grid, these cells.
+  const int64_t cell_step[4] = {0, 1, d.W + 1, d.W + 2};
+  at::parallel_for(0, d.B * row_tasks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(C);  // one pixel's sums
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / row_tasks;
+      const int64_t y_begin = (task % row_tasks) * kGatherRows;
+      const int64_t y_end = std::min(d.H, y_begin + kGatherRows);
+      const int64_t* start = plan.key_start + b * (plan.cells * G + 1);
+      const GatherTerm<acc_t>* terms = plan.terms + b * HW * G;
+      const scalar_t* go_b = grad_out + b * HW * C;
+      for (int64_t y = y_begin; y < y_end; ++y) {
+        for (int64_t x = 0; x < d.W; ++x) {
+          const int64_t first = corner_cell(y - 1, x - 1, d.W);
+          // Queries are read here for the first time when their top-left corner is (y, x)
+          // (cell 3): gathers no prefetcher predicts, so fetch those of a pixel ahead.
+          if (x + kGatherPrefetchPixels < d.W) {
+            const int64_t ahead = first + cell_step[3] + kGatherPrefetchPixels;
+            for (int64_t e = start[ahead * G]; e < start[(ahead + 1) * G]; ++e) {
+              prefetch_channels(go_b + terms[e].query * C + terms[e].group * Cg, Cg);
+            }
+          }
+          std::fill(acc.begin(), acc.end(), acc_t(0));
+          for (int k = 0; k < 4; ++k) {
+            const int64_t cell = first + cell_step[k];
+            for (int64_t e = start[cell * G]; e < start[(cell + 1) * G]; ++e) {
+              const GatherTerm<acc_t>& t = terms[e];
+              const acc_t f = k == 0 ? t.w.w11 : k == 1 ? t.w.w10 : k == 2 ? t.w.w01 : t.w.w00;
+              const scalar_t* src = go_b + t.query * C + t.group * Cg;
+              acc_t* a = acc.data() + t.group * Cg;
+              for_lane_blocks(Cg, [&](int64_t c, int m) {
+                store_lanes<acc_t>(a + c, load_lanes<acc_t>(a + c, m) +
+                                              f * load_lanes<acc_t>(src + c, m), m);
+              });
+            }
+          }
+          scalar_t* gv = grad_value + (b * HW + y * d.W + x) * C;
+          for_lane_blocks(C, [&](int64_t c, int m) {
+            store_lanes<acc_t>(gv + c, load_lanes<acc_t>(acc.data() + c, m), m);
+          });
+        }
+      }
     }
   });
 }
@@ -306,38 +376,47 @@ void deformable_sample_backward_kernel_impl(
     const scalar_t* grad_out, const scalar_t* value,
     const at::opmath_type<scalar_t>* offset_tanh, const scalar_t* amplitude,
     const scalar_t* residual, const scalar_t* alpha, double offset_scale, const Dims d,
-    at::opmath_type<scalar_t>* grad_value,
-    scalar_t* grad_offset, scalar_t* grad_amplitude, scalar_t* grad_residual,
-    scalar_t* grad_alpha) {
+    scalar_t* grad_value, scalar_t* grad_offset, scalar_t* grad_amplitude,
+    scalar_t* grad_residual, scalar_t* grad_alpha) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t scale = static_cast<acc_t>(offset_scale);
-  const ChannelTasks tasks(d);
-  const int64_t blocks = (d.H * d.W + kQueryBlock - 1) / kQueryBlock;
-  std::vector<acc_t> partial(3 * d.queries() * d.G * tasks.chunks_per_group);
-  std::vector<acc_t> alpha2_partial(d.B * tasks.per_batch);
+  const int64_t HW = d.H * d.W;
+  const int64_t blocks = (HW + kQueryBlock - 1) / kQueryBlock;
+  const int64_t qg_count = d.queries() * d.G;
+  const int64_t cells = (d.H + 1) * (d.W + 1);
+  // Scratch that every pass writes before it reads: left uninitialised.
+  std::unique_ptr<int64_t[]> cell(new int64_t[qg_count]);
+  std::unique_ptr<CornerWeights<acc_t>[]> weights(new CornerWeights<acc_t>[qg_count]);
+  std::unique_ptr<int64_t[]> key_start(new int64_t[d.B * (cells * d.G + 1)]);
+  std::unique_ptr<GatherTerm<acc_t>[]> terms(new GatherTerm<acc_t>[qg_count]);
+  const GatherPlan<acc_t> plan{cell.get(), weights.get(), key_start.get(), terms.get(), cells};
   std::vector<acc_t> alpha1_partial(d.B * blocks);
+  std::vector<acc_t> alpha2_partial(d.B * blocks);
 
   const bool residual_sum = residual != nullptr && alpha != nullptr;
-  auto scatter = [&](auto residual_grad, auto residual_sum_tag) {
-    backward_scatter_pass<scalar_t, decltype(residual_grad)::value,
-                          decltype(residual_sum_tag)::value>(
-        grad_out, value, offset_tanh, amplitude, residual, alpha, scale, d, tasks, grad_value,
-        grad_residual, partial.data(), alpha2_partial.data());
+  auto query_pass = [&](auto residual_grad, auto residual_sum_tag) {
+    backward_query_pass<scalar_t, decltype(residual_grad)::value,
+                        decltype(residual_sum_tag)::value>(
+        grad_out, value, offset_tanh, amplitude, residual, alpha, scale, d, plan, grad_offset,
+        grad_amplitude, grad_residual, alpha1_partial.data(), alpha2_partial.data());
   };
   if (residual == nullptr) {
-    scatter(std::false_type{}, std::false_type{});
+    query_pass(std::false_type{}, std::false_type{});
   } else if (!residual_sum) {
-    scatter(std::true_type{}, std::false_type{});
+    query_pass(std::true_type{}, std::false_type{});
   } else {
-    scatter(std::true_type{}, std::true_type{});
+    query_pass(std::true_type{}, std::true_type{});
   }
-  backward_reduce_pass<scalar_t>(offset_tanh, amplitude, alpha, scale, d, tasks, partial.data(),
-                                 grad_offset, grad_amplitude, alpha1_partial.data());
+  std::unique_ptr<int64_t[]> count(new int64_t[d.B * d.G * cells]);
+  backward_sort_pass<acc_t>(d, plan, count.get());
+  backward_gather_pass<scalar_t>(grad_out, d, plan, grad_value);
   if (grad_alpha != nullptr) {
     for (int64_t b = 0; b < d.B; ++b) {
       acc_t s1 = acc_t(0), s2 = acc_t(0);
-      for (int64_t k = 0; k < blocks; ++k) s1 += alpha1_partial[b * blocks + k];
-      for (int64_t k = 0; k < tasks.per_batch; ++k) s2 += alpha2_partial[b * tasks.per_batch + k];
+      for (int64_t k = 0; k < blocks; ++k) {
+        s1 += alpha1_partial[b * blocks + k];
+        s2 += alpha2_partial[b * blocks + k];
+      }
       grad_alpha[2 * b] = static_cast<scalar_t>(s1);
       grad_alpha[2 * b + 1] = static_cast<scalar_t>(s2);
     }
@@ -368,12 +447,10 @@ deformable_sample_backward_kernel(
   const auto residual = contiguous(residual_);
   const auto alpha = contiguous(alpha_);
 
-  const auto acc_dtype = at::toOpMathType(value.scalar_type());
-  // Scattered sums accumulate in opmath precision: several queries add into one value pixel.
-  at::Tensor grad_value_acc = at::empty(value.sizes(), value.options().dtype(acc_dtype));
-  advise_huge_pages(grad_value_acc);
-  grad_value_acc.zero_();
-  // The kernel writes every element of these (no zeroing needed).
+  // The gather pass writes every element of grad_value once, and the query pass every element
+  // of the others: no zeroing.
+  at::Tensor grad_value = at::empty(value.sizes(), value.options());
+  advise_huge_pages(grad_value);
   at::Tensor grad_offset = at::empty(offset.sizes(), offset.options());
   const auto none = [&] { return at::empty({0}, value.options()); };
   at::Tensor grad_amplitude = amplitude ? at::empty(amplitude->sizes(), value.options()) : none();
@@ -390,15 +467,12 @@ deformable_sample_backward_kernel(
               grad_out.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(),
               offset_tanh.const_data_ptr<acc_t>(), data_or_null<scalar_t>(amplitude),
               data_or_null<scalar_t>(residual), data_or_null<scalar_t>(alpha), offset_scale, d,
-              grad_value_acc.mutable_data_ptr<acc_t>(), grad_offset.mutable_data_ptr<scalar_t>(),
+              grad_value.mutable_data_ptr<scalar_t>(), grad_offset.mutable_data_ptr<scalar_t>(),
               amplitude ? grad_amplitude.mutable_data_ptr<scalar_t>() : nullptr,
               residual ? grad_residual.mutable_data_ptr<scalar_t>() : nullptr,
               alpha ? grad_alpha.mutable_data_ptr<scalar_t>() : nullptr);
         });
   }
-  at::Tensor grad_value = grad_value_acc.scalar_type() == value.scalar_type()
-                              ? grad_value_acc
-                              : grad_value_acc.to(value.scalar_type());
   return {grad_value, grad_offset, grad_amplitude, grad_residual, grad_alpha};
 }
 
