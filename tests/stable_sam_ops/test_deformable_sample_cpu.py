@@ -243,7 +243,10 @@ def cpu_grads(case, offset_scale, grad_out):
 
 
 @pytest.mark.parametrize(
-    "shape", [(2, 16, 16, 64, 1), (2, 12, 10, 96, 3), (1, 9, 7, 12, 12), (3, 8, 8, 520, 2)],
+    "shape",
+    # batch size 1 with one group: the passes split rows and queries, not batch items
+    [(2, 16, 16, 64, 1), (2, 12, 10, 96, 3), (1, 9, 7, 12, 12), (3, 8, 8, 520, 2),
+     (1, 24, 16, 40, 1)],
     ids=shape_id,
 )
 def test_backward_is_bit_identical_across_runs_and_thread_counts(shape):
@@ -284,6 +287,26 @@ def test_backward_on_tall_images_is_bit_identical_across_thread_counts(shape, of
                 assert torch.equal(a, b), f"{name} differs with {n} threads"
     finally:
         torch.set_num_threads(threads)
+
+
+def test_backward_scratch_from_earlier_calls_changes_nothing():
+    """The backward keeps its scratch between calls: a larger call, one of another dtype and
+    one with other optional inputs in between must leave a small call's gradients unchanged."""
+    small = make_case(2, 5, 7, 12, 3, dtype=torch.float32, offset_std=2.0)
+    grad_out = torch.randn(2, 5, 7, 12, dtype=torch.float32)
+    first = cpu_grads(small, 3.0, grad_out)
+    big = make_case(3, 30, 20, 48, 4, dtype=torch.float64, offset_std=2.0)
+    cpu_grads(big, 5.0, torch.randn(3, 30, 20, 48, dtype=torch.float64))
+    bare = {"value": small["value"] * 3, "offset": -small["offset"]}
+    cpu_grads(bare, 1.0, grad_out)
+    again = cpu_grads(small, 3.0, grad_out)
+    for name, a, b in zip(INPUT_NAMES, first, again):
+        assert torch.equal(a, b), f"{name} changed after other calls"
+    leaves = {k: t.requires_grad_() for k, t in as_float64(small).items()}
+    reference = torch.autograd.grad(deformable_sample_reference(**leaves, offset_scale=3.0),
+                                    list(leaves.values()), grad_out.double())
+    for name, a, b in zip(INPUT_NAMES, again, reference):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4, msg=name)
 
 
 def test_module_matches_function():
