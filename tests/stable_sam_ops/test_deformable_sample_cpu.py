@@ -309,6 +309,20 @@ def test_backward_scratch_from_earlier_calls_changes_nothing():
         torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4, msg=name)
 
 
+def test_backward_with_scratch_beyond_what_a_thread_keeps():
+    """More than 64 MiB of scratch (about 100 bytes per query and group in float64) is the
+    call's own, not the thread's workspace; it must give the reference's gradients."""
+    # float64, so that the oracle's sampling points are the kernel's: ~100 MiB of scratch
+    case = make_case(1, 128, 96, 80, 80, dtype=torch.float64, offset_std=2.0)
+    grad_out = torch.randn(1, 128, 96, 80, dtype=torch.float64)
+    got = cpu_grads(case, 3.0, grad_out)
+    leaves = {k: t.requires_grad_() for k, t in as_float64(case).items()}
+    want = torch.autograd.grad(deformable_sample_reference(**leaves, offset_scale=3.0),
+                               list(leaves.values()), grad_out.double())
+    for name, a, b in zip(INPUT_NAMES, got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=name)
+
+
 def test_module_matches_function():
     from stable_sam_ops import DeformableSample
 
