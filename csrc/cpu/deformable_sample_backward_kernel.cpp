@@ -143,9 +143,8 @@ ChannelSums<acc_t> query_channel_sums(const scalar_t* go, const scalar_t* v00,
   return s;
 }
 
-// What the gather pass needs of one (query, group): the cell of its top-left corner in the
-// (H + 1) x (W + 1) grid of corners shifted by one (so that row and column -1 fit), or -1
-// when no corner is in range; and A times each corner's weight.
+// One (query, group) as the gather pass reads it: which query and group, and A times the
+// bilinear weight of each of its four corners.
 template <typename acc_t>
 struct GatherTerm {
   int64_t query;           // pixel index within the batch item
@@ -153,12 +152,15 @@ struct GatherTerm {
   CornerWeights<acc_t> w;  // A * corner weights
 };
 
+// What the passes hand each other. A (query, group)'s cell is that of its top-left corner in
+// the (H + 1) x (W + 1) grid of corners shifted by one (so that row and column -1 fit), or -1
+// when no corner is in range.
 template <typename acc_t>
 struct GatherPlan {
   int64_t* cell;                  // (B, H, W, G)
   CornerWeights<acc_t>* weights;  // (B, H, W, G)
-  // Per batch item, the (query, group) terms sorted by key = cell * G + group (query order
-  // within a key), and each key's first term: one pixel's groups are neighbours in memory.
+  // Per batch item, the terms sorted by key = cell * G + group (query order within a key),
+  // and each key's first term: one cell's groups are neighbours in memory.
   int64_t* key_start;             // (B, cells * G + 1)
   GatherTerm<acc_t>* terms;       // (B, H * W * G)
   int64_t cells;
