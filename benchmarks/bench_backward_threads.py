@@ -80,6 +80,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if "cpu" not in stable_sam_ops.available_backends():
         parser.exit(2, "bench_backward_threads: error: the cpu backend is not built\n")
+    sizes = args.batches + args.groups + [args.size, args.channels, args.repeats]
+    if min(sizes) < 1 or args.warmup < 0 or any(args.channels % g for g in args.groups):
+        parser.exit(2, "bench_backward_threads: error: batches, groups, size, channels and "
+                       "repeats must be at least 1, warmup at least 0, and every group count "
+                       f"must divide --channels {args.channels}\n")
     if any(n < 1 or n > cores for n in args.threads):
         parser.exit(2, f"bench_backward_threads: error: --threads must be within 1..{cores} "
                        f"(this machine's cores), got {args.threads}\n")

@@ -26,6 +26,17 @@ def test_thread_counts_the_machine_lacks_are_refused(threads, capsys):
 
 
 @needs_cpu_kernel
+@pytest.mark.parametrize("argv", [["--batches", "0"], ["--groups", "3"], ["--size", "-2"],
+                                  ["--warmup", "-1"], ["--repeats", "0"]])
+def test_sizes_no_run_can_have_are_refused(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench_backward_threads.main(argv + ["--no-write"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench_backward_threads: error: batches") and err.count("\n") == 1
+
+
+@needs_cpu_kernel
 def test_tiny_run_prints_the_baseline_and_the_speedup(capsys, monkeypatch):
     written = []
     monkeypatch.setattr(bench_backward_threads, "write_results_section",

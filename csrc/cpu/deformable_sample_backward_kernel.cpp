@@ -187,40 +187,25 @@ void backward_query_pass(const scalar_t* grad_out, const scalar_t* value,
   const int64_t HW = d.H * d.W;
   const int64_t blocks = (HW + kQueryBlock - 1) / kQueryBlock;
   const std::vector<scalar_t> zeros(d.Cg, scalar_t(0));
-  // One (query, group)'s sampling point, weights, amplitude and corner rows of value.
+  // One (query, group)'s corners and its amplitude.
   struct Sample {
-    SamplePoint<acc_t> p;
-    CornerWeights<acc_t> w;
+    GroupCorners<scalar_t, acc_t> c;
     acc_t amp;
-    const scalar_t* v[4];
   };
   // The samples of query q's groups, with their corners prefetched.
   const auto plan_query = [&](int64_t q, Sample* samples) {
     const int64_t b = q / HW;
     const int64_t i = (q % HW) / d.W;
     const int64_t j = q % d.W;
-    const scalar_t* z = zeros.data();
     for (int64_t g = 0; g < d.G; ++g) {
-      const int64_t qg = q * d.G + g;
-      Sample& s = samples[g];
-      s.p = math::make_sample_point_from_tanh<acc_t>(offset_tanh[2 * qg], offset_tanh[2 * qg + 1],
-                                                     i, j, d.H, d.W, scale);
-      s.w = math::corner_weights(s.p);
-      s.amp = load_or<acc_t>(amplitude, qg, acc_t(1));
-      const int64_t c0 = g * d.Cg;
-      s.v[0] = corner_ptr(value, s.p.in00, b, s.p.y0, s.p.x0, d, c0, z);
-      s.v[1] = corner_ptr(value, s.p.in01, b, s.p.y0, s.p.x0 + 1, d, c0, z);
-      s.v[2] = corner_ptr(value, s.p.in10, b, s.p.y0 + 1, s.p.x0, d, c0, z);
-      s.v[3] = corner_ptr(value, s.p.in11, b, s.p.y0 + 1, s.p.x0 + 1, d, c0, z);
-      for (const scalar_t* v : s.v) prefetch_channels(v, d.Cg);
+      samples[g].c =
+          locate_group_corners(value, offset_tanh, q, b, i, j, g, d, scale, zeros.data());
+      samples[g].amp = load_or<acc_t>(amplitude, q * d.G + g, acc_t(1));
     }
   };
   at::parallel_for(0, d.B * blocks, 1, [&](int64_t begin, int64_t end) {
-    // Query q's samples are planned while query q - 1 is summed.
+    // Query q's samples are planned while query q - 1 is summed (within a block).
     std::vector<Sample> current(d.G), next(d.G);
-    const int64_t q_end = std::min(HW, (end - 1) % blocks * kQueryBlock + kQueryBlock) +
-                          (end - 1) / blocks * HW;
-    plan_query(begin / blocks * HW + begin % blocks * kQueryBlock, current.data());
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / blocks;
       const int64_t ij_begin = (task % blocks) * kQueryBlock;
@@ -228,30 +213,32 @@ void backward_query_pass(const scalar_t* grad_out, const scalar_t* value,
       const acc_t a1 = load_or<acc_t>(alpha, 2 * b, acc_t(1));
       const acc_t a2 = load_or<acc_t>(alpha, 2 * b + 1, acc_t(1));
       acc_t a1_sum = acc_t(0), a2_sum = acc_t(0);
+      plan_query(b * HW + ij_begin, current.data());
       for (int64_t ij = ij_begin; ij < ij_end; ++ij) {
         const int64_t q = b * HW + ij;
-        if (q + 1 < q_end) {
+        if (ij + 1 < ij_end) {
           plan_query(q + 1, next.data());
         }
         for (int64_t g = 0; g < d.G; ++g) {
           const int64_t qg = q * d.G + g;
-          const Sample& s = current[g];
-          const acc_t A = a1 * s.amp;
+          const GroupCorners<scalar_t, acc_t>& c = current[g].c;
+          const acc_t amp = current[g].amp;
+          const acc_t A = a1 * amp;
           const int64_t c0 = g * d.Cg;
           const ChannelSums<acc_t> sums =
               query_channel_sums<scalar_t, acc_t, kResidualGrad, kResidualSum>(
-                  grad_out + q * d.C + c0, s.v[0], s.v[1], s.v[2], s.v[3],
+                  grad_out + q * d.C + c0, c.v00, c.v01, c.v10, c.v11,
                   kResidualSum ? residual + q * d.C + c0 : nullptr,
-                  kResidualGrad ? grad_residual + q * d.C + c0 : nullptr, s.p, s.w, a2, d.Cg);
-          grad_offset[2 * qg] = static_cast<scalar_t>(A * sums.gdx * s.p.dx_draw);
-          grad_offset[2 * qg + 1] = static_cast<scalar_t>(A * sums.gdy * s.p.dy_draw);
+                  kResidualGrad ? grad_residual + q * d.C + c0 : nullptr, c.p, c.w, a2, d.Cg);
+          grad_offset[2 * qg] = static_cast<scalar_t>(A * sums.gdx * c.p.dx_draw);
+          grad_offset[2 * qg + 1] = static_cast<scalar_t>(A * sums.gdy * c.p.dy_draw);
           if (grad_amplitude != nullptr) {
             grad_amplitude[qg] = static_cast<scalar_t>(a1 * sums.gs);
           }
-          a1_sum += s.amp * sums.gs;
+          a1_sum += amp * sums.gs;
           a2_sum += sums.gres;
-          plan.cell[qg] = s.p.any_in_range() ? corner_cell(s.p.y0, s.p.x0, d.W) : -1;
-          plan.weights[qg] = scaled(s.w, A);
+          plan.cell[qg] = c.p.any_in_range() ? corner_cell(c.p.y0, c.p.x0, d.W) : -1;
+          plan.weights[qg] = scaled(c.w, A);
         }
         std::swap(current, next);
       }
@@ -325,7 +312,6 @@ void backward_gather_pass(const scalar_t* grad_out, const Dims d,
                           const GatherPlan<at::opmath_type<scalar_t>>& plan,
                           scalar_t* grad_value) {
   using acc_t = at::opmath_type<scalar_t>;
-  using V = typename LanesOf<acc_t>::type;
   const int64_t HW = d.H * d.W;
   const int64_t C = d.C;
   const int64_t Cg = d.Cg;

@@ -99,18 +99,9 @@ void deformable_sample_forward_kernel_impl(
     const acc_t a1 = load_or<acc_t>(alpha, 2 * b, acc_t(1));
     const scalar_t* z = zeros.data();
     for (int64_t g = 0; g < d.G; ++g) {
-      const int64_t qg = q * d.G + g;
-      const SamplePoint<acc_t> p = math::make_sample_point_from_tanh<acc_t>(
-          offset_tanh[2 * qg], offset_tanh[2 * qg + 1], i, j, d.H, d.W, scale);
-      const acc_t A = a1 * load_or<acc_t>(amplitude, qg, acc_t(1));
-      const int64_t c0 = g * d.Cg;
-      Sample& s = samples[g];
-      s.aw = scaled(math::corner_weights(p), A);
-      s.v00 = corner_ptr(value, p.in00, b, p.y0, p.x0, d, c0, z);
-      s.v01 = corner_ptr(value, p.in01, b, p.y0, p.x0 + 1, d, c0, z);
-      s.v10 = corner_ptr(value, p.in10, b, p.y0 + 1, p.x0, d, c0, z);
-      s.v11 = corner_ptr(value, p.in11, b, p.y0 + 1, p.x0 + 1, d, c0, z);
-      for (const scalar_t* v : {s.v00, s.v01, s.v10, s.v11}) prefetch_channels(v, d.Cg);
+      const auto c = locate_group_corners(value, offset_tanh, q, b, i, j, g, d, scale, z);
+      const acc_t A = a1 * load_or<acc_t>(amplitude, q * d.G + g, acc_t(1));
+      samples[g] = Sample{c.v00, c.v01, c.v10, c.v11, scaled(c.w, A)};
     }
   };
   at::parallel_for(0, d.queries(), grain, [&](int64_t begin, int64_t end) {

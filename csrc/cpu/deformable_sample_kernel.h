@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 #include <tuple>
 
@@ -104,6 +105,39 @@ inline void prefetch_channels(const T* p, int64_t n) {
   for (int64_t off = 0; off < bytes; off += 64) {
     __builtin_prefetch(reinterpret_cast<const char*>(p) + off, kWrite ? 1 : 0);
   }
+}
+
+// One (query, group)'s sampling point, bilinear weights, and the first of its channels in each
+// of the four corner rows of value (a zero stand-in for a corner out of range).
+template <typename scalar_t, typename acc_t>
+struct GroupCorners {
+  SamplePoint<acc_t> p;
+  CornerWeights<acc_t> w;
+  const scalar_t* v00;
+  const scalar_t* v01;
+  const scalar_t* v10;
+  const scalar_t* v11;
+};
+
+// Locates group g of query q (batch item b, row i, column j) and prefetches its corners: the
+// forward and the backward both locate the next query's groups while computing this one's.
+// `zeros` holds C / G zeros.
+template <typename scalar_t, typename acc_t>
+inline GroupCorners<scalar_t, acc_t> locate_group_corners(
+    const scalar_t* value, const acc_t* offset_tanh, int64_t q, int64_t b, int64_t i, int64_t j,
+    int64_t g, const Dims& d, acc_t scale, const scalar_t* zeros) {
+  const int64_t qg = q * d.G + g;
+  const int64_t c0 = g * d.Cg;
+  GroupCorners<scalar_t, acc_t> c;
+  c.p = math::make_sample_point_from_tanh<acc_t>(offset_tanh[2 * qg], offset_tanh[2 * qg + 1], i,
+                                                 j, d.H, d.W, scale);
+  c.w = math::corner_weights(c.p);
+  c.v00 = corner_ptr(value, c.p.in00, b, c.p.y0, c.p.x0, d, c0, zeros);
+  c.v01 = corner_ptr(value, c.p.in01, b, c.p.y0, c.p.x0 + 1, d, c0, zeros);
+  c.v10 = corner_ptr(value, c.p.in10, b, c.p.y0 + 1, c.p.x0, d, c0, zeros);
+  c.v11 = corner_ptr(value, c.p.in11, b, c.p.y0 + 1, c.p.x0 + 1, d, c0, zeros);
+  for (const scalar_t* v : {c.v00, c.v01, c.v10, c.v11}) prefetch_channels(v, d.Cg);
+  return c;
 }
 
 inline void check_cpu(const at::Tensor& t, const char* name) {
