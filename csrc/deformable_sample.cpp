@@ -2,6 +2,8 @@
 // Backends register their kernels at the end of their own files (TORCH_LIBRARY_IMPL); the
 // fake (meta) kernels and the autograd formula live in stable_sam_ops/_meta_registrations.py.
 #include "deformable_sample.h"
+#include "cpu/offset_tanh.h"
+#include "cpu/output_cache.h"
 
 #include <torch/extension.h>
 #include <torch/library.h>
@@ -102,4 +104,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "stable_sam_ops compiled kernels (registered as torch.ops.stable_sam_ops.*)";
   m.def("compiled_with_cuda", &compiled_with_cuda,
         "Whether the CUDA kernels were compiled into this build");
+  m.def("cpu_output_cache_kept_bytes", &stable_sam_ops::cpu::output_cache_kept_bytes,
+        "Bytes the CPU kernels keep for reuse from freed outputs, not in use now");
+  m.def("empty_cpu_output_cache", &stable_sam_ops::cpu::empty_output_cache,
+        "Frees the buffers the CPU kernels keep from freed outputs");
+  m.def("_cpu_offset_tanh", &stable_sam_ops::cpu::offset_tanh_of,
+        "tanh of raw offsets as the CPU kernels compute it (exposed for its tests)");
 }

@@ -6,7 +6,7 @@
 The contract (shapes, forward, backward) is documented in deformable_sample's docstring and in
 the project's design notes; `reference.deformable_sample_reference` is its pure-PyTorch oracle.
 """
-from . import _extension
+from . import _extension, cpu_output_cache
 from ._backends import BACKENDS, available_backends
 from .deformable_sample import DeformableSample, deformable_sample
 from .reference import deformable_sample_reference
@@ -20,6 +20,7 @@ __all__ = [
     "BACKENDS",
     "DeformableSample",
     "available_backends",
+    "cpu_output_cache",
     "deformable_sample",
     "deformable_sample_reference",
 ]

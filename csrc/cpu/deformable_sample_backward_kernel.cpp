@@ -13,7 +13,7 @@
 // has work at batch size 1.
 #include "deformable_sample.h"
 #include "deformable_sample_kernel.h"
-#include "huge_pages.h"
+#include "output_cache.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -199,7 +199,7 @@ void backward_query_pass(const scalar_t* grad_out, const scalar_t* value,
     const int64_t j = q % d.W;
     for (int64_t g = 0; g < d.G; ++g) {
       samples[g].c =
-          locate_group_corners(value, offset_tanh, q, b, i, j, g, d, scale, zeros.data());
+          locate_group_corners<true>(value, offset_tanh, q, b, i, j, g, d, scale, zeros.data());
       samples[g].amp = load_or<acc_t>(amplitude, q * d.G + g, acc_t(1));
     }
   };
@@ -519,13 +519,12 @@ deformable_sample_backward_kernel(
 
   // The gather pass writes every element of grad_value once, and the query pass every element
   // of the others: no zeroing.
-  at::Tensor grad_value = at::empty(value.sizes(), value.options());
-  advise_huge_pages(grad_value);
-  at::Tensor grad_offset = at::empty(offset.sizes(), offset.options());
+  at::Tensor grad_value = empty_output(value.sizes(), value.options());
+  at::Tensor grad_offset = empty_output(offset.sizes(), offset.options());
   const auto none = [&] { return at::empty({0}, value.options()); };
-  at::Tensor grad_amplitude = amplitude ? at::empty(amplitude->sizes(), value.options()) : none();
-  at::Tensor grad_residual = residual ? at::empty(value.sizes(), value.options()) : none();
-  advise_huge_pages(grad_residual);
+  at::Tensor grad_amplitude =
+      amplitude ? empty_output(amplitude->sizes(), value.options()) : none();
+  at::Tensor grad_residual = residual ? empty_output(value.sizes(), value.options()) : none();
   at::Tensor grad_alpha = alpha ? at::empty(alpha->sizes(), value.options()) : none();
   if (value.numel() > 0) {
     const Dims d = dims_of(value, offset);

@@ -2,7 +2,7 @@
 // The layout, and the helpers it shares with the backward, are in deformable_sample_kernel.h.
 #include "deformable_sample.h"
 #include "deformable_sample_kernel.h"
-#include "huge_pages.h"
+#include "output_cache.h"
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -87,6 +87,7 @@ void deformable_sample_forward_kernel_impl(
   using Sample = GroupSample<scalar_t, acc_t>;
   const std::vector<scalar_t> zeros(d.Cg, scalar_t(0));
   const acc_t scale = static_cast<acc_t>(offset_scale);
+  const int64_t rows_ahead = value_rows_ahead(scale);
   const int64_t HW = d.H * d.W;
   const int64_t grain = std::max<int64_t>(1, 16384 / d.C);
   const bool streaming = std::is_same_v<scalar_t, float> && d.Cg % 8 == 0 &&
@@ -98,8 +99,9 @@ void deformable_sample_forward_kernel_impl(
     const int64_t j = q % d.W;
     const acc_t a1 = load_or<acc_t>(alpha, 2 * b, acc_t(1));
     const scalar_t* z = zeros.data();
+    prefetch_value_row_ahead(value, b, i, j, rows_ahead, d);
     for (int64_t g = 0; g < d.G; ++g) {
-      const auto c = locate_group_corners(value, offset_tanh, q, b, i, j, g, d, scale, z);
+      const auto c = locate_group_corners<false>(value, offset_tanh, q, b, i, j, g, d, scale, z);
       const acc_t A = a1 * load_or<acc_t>(amplitude, q * d.G + g, acc_t(1));
       samples[g] = Sample{c.v00, c.v01, c.v10, c.v11, scaled(c.w, A)};
     }
@@ -162,8 +164,7 @@ at::Tensor deformable_sample_forward_kernel(
   const auto amplitude = contiguous(amplitude_);
   const auto residual = contiguous(residual_);
   const auto alpha = contiguous(alpha_);
-  at::Tensor out = at::empty(value.sizes(), value.options());
-  advise_huge_pages(out);
+  at::Tensor out = empty_output(value.sizes(), value.options());
   if (out.numel() == 0) {
     return out;
   }
