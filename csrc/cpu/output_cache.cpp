@@ -19,6 +19,9 @@
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
+#if defined(_WIN32)
+#include <malloc.h>
+#endif
 
 namespace stable_sam_ops {
 namespace cpu {
@@ -51,9 +54,13 @@ bool huge_page_advice_enabled() {
 
 void* map_buffer(size_t bytes) {
   void* p = nullptr;
+#if defined(_WIN32)
+  p = _aligned_malloc(bytes, kHugePage);
+#else
   if (posix_memalign(&p, kHugePage, bytes) != 0) {
     return nullptr;
   }
+#endif
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   static const bool advise = huge_page_advice_enabled();
   if (advise) {
@@ -166,7 +173,11 @@ class OutputBufferCache final : public c10::Allocator {
 
   static void free_all(const Buffers& buffers) {
     for (const auto& entry : buffers) {
+#if defined(_WIN32)
+      _aligned_free(entry.second);
+#else
       std::free(entry.second);
+#endif
     }
   }
 
