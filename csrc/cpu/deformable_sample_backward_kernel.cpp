@@ -12,6 +12,8 @@
 // Passes 1 and 3 split queries and value rows, not batch items or channels, so every core
 // has work at batch size 1.
 #include "deformable_sample.h"
+#include "backward_lanes.h"
+#include "backward_scratch.h"
 #include "deformable_sample_kernel.h"
 #include "output_cache.h"
 
@@ -47,66 +49,12 @@ constexpr int64_t kQueryBlock = 64;
 constexpr int64_t kGatherRows = 1;
 // How many pixels ahead the gather pass prefetches the grad_out slices it reads first.
 constexpr int64_t kGatherPrefetchPixels = 2;
-// Independent partial sums in the channel reductions: lets the compiler keep them in vector
-// registers while the summation order stays the one written here.
-constexpr int kLanes = 8;
-
 // Sums over one (query, group) that the backward needs: g.dS/dx, g.dS/dy, g.S (for amplitude
 // and alpha1) and g.residual (for alpha2).
 template <typename acc_t>
 struct ChannelSums {
   acc_t gdx, gdy, gs, gres;
 };
-
-// kLanes channels as one GCC vector (explicit SIMD: SSE registers on any x86-64, wider ones
-// when the compiler may use them); the summation order of the lanes stays the one written here.
-template <typename acc_t>
-struct LanesOf;
-template <>
-struct LanesOf<float> {
-  typedef float type __attribute__((vector_size(kLanes * sizeof(float))));
-};
-template <>
-struct LanesOf<double> {
-  typedef double type __attribute__((vector_size(kLanes * sizeof(double))));
-};
-
-// Loads m <= kLanes channels (the lanes past m are 0); a plain vector load when m == kLanes
-// and no conversion is needed.
-template <typename acc_t, typename scalar_t>
-__attribute__((always_inline)) inline typename LanesOf<acc_t>::type load_lanes(
-    const scalar_t* p, int m) {
-  typename LanesOf<acc_t>::type v = {};
-  if (std::is_same_v<scalar_t, acc_t> && m == kLanes) {
-    __builtin_memcpy(&v, p, sizeof(v));
-  } else {
-    for (int l = 0; l < m; ++l) v[l] = static_cast<acc_t>(p[l]);
-  }
-  return v;
-}
-
-template <typename acc_t, typename scalar_t>
-__attribute__((always_inline)) inline void store_lanes(scalar_t* p,
-                                                       typename LanesOf<acc_t>::type v, int m) {
-  if (std::is_same_v<scalar_t, acc_t> && m == kLanes) {
-    __builtin_memcpy(p, &v, sizeof(v));
-  } else {
-    for (int l = 0; l < m; ++l) p[l] = static_cast<scalar_t>(v[l]);
-  }
-}
-
-// Runs f(c, m) over n channels in blocks of m = kLanes, then the tail; the main loop's m is a
-// constant, so the always-inlined lane helpers compile to vector loads there.
-template <typename F>
-__attribute__((always_inline)) inline void for_lane_blocks(int64_t n, F&& f) {
-  int64_t c = 0;
-  for (; c + kLanes <= n; c += kLanes) {
-    f(c, kLanes);
-  }
-  if (c < n) {
-    f(c, static_cast<int>(n - c));
-  }
-}
 
 // One (query, group) of the query pass over its n contiguous channels: writes grad_residual
 // and returns the sums, each summed in kLanes fixed lanes and then over the lanes in order.
@@ -382,60 +330,6 @@ void backward_gather_pass(const scalar_t* grad_out, const Dims d,
 #endif
   });
 }
-
-// The backward's scratch (about 72 bytes per (query, group): 20 MiB at B=8, C=256, 64x64,
-// G=8) lives in a workspace kept per calling thread and grown to the largest call, so that its
-// pages are faulted in once, not on every call: freshly mapped, they cost about 4000 page faults
-// a call there (/proc/vmstat). Calls that need more than kRetainedScratchBytes get scratch of
-// their own, freed when they return, so no thread keeps more than that.
-constexpr size_t kRetainedScratchBytes = size_t(64) << 20;
-constexpr size_t kScratchAlign = 64;
-
-inline char* thread_workspace(size_t bytes) {
-  thread_local std::unique_ptr<char[]> buffer;
-  thread_local size_t capacity = 0;
-  if (bytes > capacity) {
-    buffer.reset();
-    buffer.reset(new char[bytes]);
-    capacity = bytes;
-  }
-  return buffer.get();
-}
-
-template <typename T>
-size_t scratch_bytes(int64_t n) {
-  return (static_cast<size_t>(n) * sizeof(T) + kScratchAlign - 1) / kScratchAlign * kScratchAlign;
-}
-
-// Hands out consecutive, cache-line-aligned arrays of scratch.
-class ScratchCarver {
- public:
-  explicit ScratchCarver(size_t bytes) {
-    const size_t total = bytes + kScratchAlign;
-    if (total <= kRetainedScratchBytes) {
-      next_ = align(thread_workspace(total));
-    } else {
-      owned_.reset(new char[total]);
-      next_ = align(owned_.get());
-    }
-  }
-
-  template <typename T>
-  T* take(int64_t n) {
-    static_assert(std::is_trivially_default_constructible_v<T> && alignof(T) <= kScratchAlign);
-    T* p = reinterpret_cast<T*>(next_);
-    next_ += scratch_bytes<T>(n);
-    return p;
-  }
-
- private:
-  static char* align(char* p) {
-    const auto u = reinterpret_cast<uintptr_t>(p);
-    return p + (kScratchAlign - u % kScratchAlign) % kScratchAlign;
-  }
-  std::unique_ptr<char[]> owned_;
-  char* next_;
-};
 
 template <typename scalar_t>
 void deformable_sample_backward_kernel_impl(
