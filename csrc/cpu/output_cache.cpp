@@ -21,6 +21,8 @@
 #endif
 #if defined(_WIN32)
 #include <malloc.h>
+#else
+#include <pthread.h>
 #endif
 
 namespace stable_sam_ops {
@@ -75,7 +77,14 @@ class OutputBufferCache final : public c10::Allocator {
  public:
   using Buffers = std::list<std::pair<size_t, void*>>;
 
-  OutputBufferCache() : cap_(kept_cap_from_env()) {}
+  OutputBufferCache() : cap_(kept_cap_from_env()) {
+#if !defined(_WIN32)
+    // A child forked (a DataLoader worker, say) while another thread held the lock would
+    // otherwise inherit it held, and its first output would wait forever.
+    pthread_atfork([] { instance().mutex_.lock(); }, [] { instance().mutex_.unlock(); },
+                   [] { instance().mutex_.unlock(); });
+#endif
+  }
 
   c10::DataPtr allocate(size_t n) override {
     const c10::Device cpu(c10::DeviceType::CPU);
