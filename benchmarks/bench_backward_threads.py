@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from other_load import OtherLoad  # noqa: E402
 from common import (  # noqa: E402
     machine_description,
     make_inputs,
@@ -88,12 +89,10 @@ def main(argv=None):
     if any(n < 1 or n > cores for n in args.threads):
         parser.exit(2, f"bench_backward_threads: error: --threads must be within 1..{cores} "
                        f"(this machine's cores), got {args.threads}\n")
-    load = os.getloadavg()[0]
+    other_load = OtherLoad()
     thread_counts, rows = run(args)
-    load_end = os.getloadavg()[0]
     body = "\n\n".join([
-        f"Machine: {machine_description()}. Load average (1 min): {load:.1f} at the start, "
-        f"{load_end:.1f} at the end.",
+        f"Machine: {machine_description()}. {other_load.sentence()}",
         f"`torch.autograd.grad` of `deformable_sample(backend=\"cpu\")` with C={args.channels}, "
         f"{args.size}x{args.size}, fp32, offset_scale 4, all optional inputs; median of "
         f"{args.repeats} calls after {args.warmup} warm-up calls at each thread count "

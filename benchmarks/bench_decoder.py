@@ -27,11 +27,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import (
+from benchmarks.common import (  # noqa: E402
     machine_description,
     markdown_table,
     write_results_section,
-)  # noqa: E402
+)
+from benchmarks.other_load import OtherLoad  # noqa: E402
 
 
 def _boxes(n: int, gen: torch.Generator, device) -> torch.Tensor:
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
     parser.add_argument("--prompts", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
-    load_at_start = os.getloadavg()[0]
+    other_load = OtherLoad()
 
     import stable_sam_ops
     from stable_sam import build_stable_sam
@@ -121,13 +122,6 @@ def main(argv=None) -> int:
                 rows.append([n, name, ms, ms / n, overhead, plugins])
                 print(f"{n:3d} prompts  {name:28s} {ms:9.2f} ms  {overhead} {plugins}", flush=True)
 
-    load_at_end = os.getloadavg()[0]
-    shared = (
-        " **The machine was shared with other jobs while this ran**: the ratios, from variants "
-        "timed in turn, mean more than the absolute times."
-        if max(load_at_start, load_at_end) >= 1.0
-        else ""
-    )
     header = ["prompts", "variant", "ms", "ms / prompt", "overhead vs SAM", "vs no plugins"]
     body = "\n".join(
         [
@@ -140,8 +134,7 @@ def main(argv=None) -> int:
             "\"vs no plugins\" is the plugins' own cost on Stable-SAM's decoder pass, which "
             "re-expresses SAM's (layer 0's image side projected once for all prompts, the "
             "pixel-local output upscaling as matrix products: `stable_sam/modeling/decoder.py`). "
-            f"Load average (1 min): {load_at_start:.1f} at the start, {load_at_end:.1f} at the "
-            f"end, on {os.cpu_count()} cores.{shared}",
+            + other_load.sentence(),
             "",
             markdown_table(header, rows),
         ]

@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from other_load import OtherLoad  # noqa: E402
 from common import (  # noqa: E402
     machine_description,
     make_inputs,
@@ -157,22 +158,14 @@ def main(argv=None):
     if "cpu" not in stable_sam_ops.available_backends():
         sys.exit("the cpu backend is not built: pip install --no-build-isolation -e .")
 
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    other_load = OtherLoad()
     thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "0")
     cache_cap = os.environ.get("STABLE_SAM_OPS_CPU_OUTPUT_CACHE_MB") or "256, the default"
     providers, rows = run(args)
-    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    shared = (
-        " **The machine was shared with other jobs while this ran**: the ratios, against "
-        "baselines measured in the same run, mean more than the absolute times."
-        if max(load, load_end) >= 1.0
-        else ""
-    )
     table = markdown_table(header(providers), rows)
     body = "\n\n".join([
         f"Machine: {machine_description()}. THP_MEM_ALLOC_ENABLE={thp}. "
-        f"glibc malloc: {allocator_setting() or DEFAULT_ALLOCATOR}. "
-        f"Load average (1 min): {load:.1f} at the start, {load_end:.1f} at the end.{shared}",
+        f"glibc malloc: {allocator_setting() or DEFAULT_ALLOCATOR}. " + other_load.sentence(),
         f"`deformable_sample` with C={args.channels}, {args.size}x{args.size}, fp32, offset_scale 4, "
         "all optional inputs; median of repeated runs after warm-up "
         "(`python benchmarks/bench_deformable_sample.py`). eager = the grid_sample composition "
