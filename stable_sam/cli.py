@@ -41,6 +41,16 @@ def build_parser():
     return parser, loaded
 
 
+def _check_op_environment() -> None:
+    """The op's settings read from the environment, checked before any work."""
+    from stable_sam_ops import cpu_output_cache
+
+    try:
+        cpu_output_cache.check_setting()
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     from .checkpoint import CheckpointError
 
@@ -50,6 +60,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
+        _check_op_environment()
         return int(commands[args.command].run(args))
     except (CliError, CheckpointError, OSError) as exc:  # OSError: a file that is missing,
         # unreadable or unwritable is the user's to fix; the message names it

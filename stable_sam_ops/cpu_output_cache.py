@@ -23,3 +23,18 @@ def empty() -> None:
         from . import _C
 
         _C.empty_cpu_output_cache()
+
+
+def check_setting() -> None:
+    """Raises ValueError, naming STABLE_SAM_OPS_CPU_OUTPUT_CACHE_MB, when it is malformed.
+
+    The kernels read it at their first output of 2 MiB or more, which may be deep into a run;
+    a command line calls this first, so that a bad value stops it before any work."""
+    if not _extension.load():
+        return
+    from . import _C
+
+    try:
+        _C.cpu_output_cache_kept_bytes()
+    except RuntimeError as exc:
+        raise ValueError(str(exc).strip().splitlines()[0]) from None

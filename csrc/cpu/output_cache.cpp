@@ -44,8 +44,8 @@ size_t kept_cap_from_env() {
   errno = 0;
   const unsigned long long mib = std::strtoull(env, &end, 10);
   TORCH_CHECK(*end == '\0' && errno == 0 && env[0] != '-' && mib <= (size_t(1) << 24),
-              "STABLE_SAM_OPS_CPU_OUTPUT_CACHE_MB must be a whole number of MiB (0 keeps "
-              "nothing), got '", env, "'");
+              "STABLE_SAM_OPS_CPU_OUTPUT_CACHE_MB must be a whole number of MiB from 0 (keep "
+              "nothing) to 16777216, got '", env, "'");
   return static_cast<size_t>(mib) << 20;
 }
 

@@ -47,6 +47,9 @@ def _cases(base: Path) -> dict:
             ["segment", str(image), "--box", "4", "4", "40", "30", "--model-type", "tiny",
              "--device", "cuda:99", "--out-dir", str(base / "s2")], {}, [],
             "CUDA is not available|CUDA device"),
+        "segment_malformed_op_cache_setting": (
+            seg + ["--out-dir", str(base / "s9")], {"STABLE_SAM_OPS_CPU_OUTPUT_CACHE_MB": "lots"},
+            [], "STABLE_SAM_OPS_CPU_OUTPUT_CACHE_MB must be a whole number of MiB"),
         "segment_out_dir_is_a_file": (
             seg + ["--out-dir", str(afile)], {}, [afile], "is a file, not a folder"),
         "segment_would_replace_an_output": (
