@@ -5,6 +5,7 @@
 #include <ATen/EmptyTensor.h>
 #include <c10/core/Allocator.h>
 #include <c10/util/Exception.h>
+#include <c10/util/accumulate.h>
 
 #include <cerrno>
 #include <cstdlib>
@@ -200,11 +201,8 @@ class OutputBufferCache final : public c10::Allocator {
 }  // namespace
 
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  int64_t numel = 1;
-  for (const int64_t s : sizes) {
-    numel *= s;
-  }
-  const size_t nbytes = static_cast<size_t>(numel) * options.dtype().itemsize();
+  const size_t nbytes = static_cast<size_t>(c10::multiply_integers(sizes)) *
+                        options.dtype().itemsize();
   if (nbytes < kMinCachedBytes) {
     return at::empty(sizes, options);
   }
