@@ -133,7 +133,7 @@ def main(argv=None) -> int:
             f"(`benchmarks/bench_decoder.py`). Overhead is relative to SAM in the same run; "
             "\"vs no plugins\" is the plugins' own cost on Stable-SAM's decoder pass, which "
             "re-expresses SAM's (layer 0's image side projected once for all prompts, the "
-            "pixel-local output upscaling as matrix products: `stable_sam/modeling/decoder.py`). "
+            "pixel-local output upscaling as matrix products: `stable_sam/families/sam/decoder.py`). "
             + other_load.sentence(),
             "",
             markdown_table(header, rows),

@@ -28,10 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 T = "tests/stable_sam/"
-COMPOSITION = T + "modeling/test_plugin_composition.py"
-ROUTING = (T + "modeling/test_modeling.py::"
+COMPOSITION = T + "plugins/test_plugin_composition.py"
+ROUTING = (T + "families/sam/test_stable_sam_model.py::"
            "test_routing_reads_the_output_mask_token_after_layer2_self_attention")
-BLEND = T + "modeling/test_plugins.py"
+BLEND = T + "plugins/test_plugins.py"
 NOISE = T + "data/test_prompts.py"
 FIDELITY = T + "training/test_trainer_fidelity.py"
 STEP = FIDELITY + "::test_a_training_step_optimises_bce_plus_dice_on_the_sampled_points"
@@ -54,48 +54,50 @@ class Mutation:
 M = Mutation
 MUTATIONS = [
     # ------------------------------------------------------------------ model
-    M("dsp_no_gelu", "stable_sam/modeling/dsp.py", "hidden = F.gelu(self.norm(hidden))",
+    M("dsp_no_gelu", "stable_sam/plugins/dsp.py", "hidden = F.gelu(self.norm(hidden))",
       "hidden = self.norm(hidden)", (COMPOSITION,), "offset net without its activation"),
-    M("dsp_no_norm", "stable_sam/modeling/dsp.py", "hidden = F.gelu(self.norm(hidden))",
+    M("dsp_no_norm", "stable_sam/plugins/dsp.py", "hidden = F.gelu(self.norm(hidden))",
       "hidden = F.gelu(hidden)", (COMPOSITION,), "offset net without its LayerNorm"),
-    M("dsp_reads_x_p", "stable_sam/modeling/dsp.py", "self.dwconv(x_star.permute(",
+    M("dsp_reads_x_p", "stable_sam/plugins/dsp.py", "self.dwconv(x_star.permute(",
       "self.dwconv(x_p.permute(", (COMPOSITION,), "offset net fed x_p instead of x*"),
-    M("dsp_offset_layout", "stable_sam/modeling/dsp.py",
+    M("dsp_offset_layout", "stable_sam/plugins/dsp.py",
       "offset = self.offset_proj(hidden).view(n, h, w, self.num_groups, 2)",
       "offset = self.offset_proj(hidden).view(n, h, w, 2, self.num_groups).transpose(-1, -2)",
       (COMPOSITION,), "offset channels read as (xy, group) instead of (group, xy)"),
-    M("drp_no_gelu", "stable_sam/modeling/drp.py",
+    M("drp_no_gelu", "stable_sam/plugins/drp.py",
       "self.out(F.gelu(self.norm(self.hidden(output_mask_token))))",
       "self.out(self.norm(self.hidden(output_mask_token)))", (COMPOSITION,),
       "routing MLP without its activation"),
-    M("drp_no_scale", "stable_sam/modeling/drp.py",
+    M("drp_no_scale", "stable_sam/plugins/drp.py",
       "torch.softmax(logits, dim=-1) * self.scale", "torch.softmax(logits, dim=-1)",
       (COMPOSITION,), "routing weights without the learnable scale s"),
-    M("drp_sigmoid", "stable_sam/modeling/drp.py", "torch.softmax(logits, dim=-1) * self.scale",
+    M("drp_sigmoid", "stable_sam/plugins/drp.py", "torch.softmax(logits, dim=-1) * self.scale",
       "torch.sigmoid(logits) * self.scale", (COMPOSITION,), "sigmoid instead of softmax"),
-    M("blend_residual_x_star", "stable_sam/modeling/plugins.py",
+    M("blend_residual_x_star", "stable_sam/plugins/stable_sam_plugins.py",
       "residual=x_p if alpha is not None else None",
       "residual=x_star if alpha is not None else None", (COMPOSITION,),
       "the regular-grid term blends x* instead of x_p"),
-    M("routing_reads_iou_token", "stable_sam/modeling/decoder.py", "OUTPUT_MASK_TOKEN = 1",
+    M("routing_reads_iou_token", "stable_sam/families/sam/decoder.py", "OUTPUT_MASK_TOKEN = 1",
       "OUTPUT_MASK_TOKEN = 0", (ROUTING,), "t_o is the IoU token"),
-    M("routing_follows_multimask", "stable_sam/modeling/stable_sam.py",
+    M("routing_follows_multimask", "stable_sam/families/sam/model.py",
       "queries[:, decoder.OUTPUT_MASK_TOKEN]",
       "queries[:, decoder.OUTPUT_MASK_TOKEN + int(multimask_output)]", (ROUTING,),
       "t_o moves to mask token 1 with multimask_output=True"),
-    M("drp_wider", "stable_sam/modeling/plugins.py", "routing_hidden_dim: int = 16",
+    M("drp_wider", "stable_sam/plugins/stable_sam_plugins.py", "routing_hidden_dim: int = 16",
       "routing_hidden_dim: int = 17", (COMPOSITION,), "a DRP of another size (parameter count)"),
-    M("offset_scale_default", "stable_sam/modeling/plugins.py", "offset_scale: float = 4.0",
-      "offset_scale: float = 2.0", (COMPOSITION,), "s_p of 2 instead of the documented 4"),
-    M("plugin_site_layer_one", "stable_sam/modeling/decoder.py", "PLUGIN_LAYER = 1  #",
-      "PLUGIN_LAYER = 0  #", (T + "modeling/test_decoder.py", T + "modeling/test_modeling.py"),
+    M("offset_scale_default", "stable_sam/plugins/stable_sam_plugins.py",
+      "offset_scale: float = 4.0", "offset_scale: float = 2.0", (COMPOSITION,), "s_p of 2 instead of the documented 4"),
+    M("plugin_site_layer_one", "stable_sam/plugins/two_way_site.py", "PLUGIN_LAYER = 1  #",
+      "PLUGIN_LAYER = 0  #",
+      (T + "families/sam/test_sam_decoder.py", T + "families/sam/test_stable_sam_model.py"),
       "the plugins sit in the first two-way block"),
-    M("site_keys_without_pe", "stable_sam/modeling/decoder.py", "    k = values + key_pe\n",
-      "    k = values\n", (T + "modeling/test_decoder.py",),
+    M("site_keys_without_pe", "stable_sam/plugins/two_way_site.py", "    k = values + key_pe\n",
+      "    k = values\n", (T + "families/sam/test_sam_decoder.py",),
       "the plugin site's keys lose the positional encoding"),
-    M("site_values_regular", "stable_sam/modeling/decoder.py",
+    M("site_values_regular", "stable_sam/plugins/two_way_site.py",
       "block.cross_attn_token_to_image(q=q, k=k, v=values)",
-      "block.cross_attn_token_to_image(q=q, k=k, v=keys)", (T + "modeling/test_decoder.py",),
+      "block.cross_attn_token_to_image(q=q, k=k, v=keys)",
+      (T + "families/sam/test_sam_decoder.py",),
       "the plugin site's values stay on the regular grid"),
     # ------------------------------------------------------------------ data
     M("noisy_box_weak_size", "stable_sam/data/prompts.py",

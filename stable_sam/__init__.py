@@ -10,11 +10,10 @@ __version__ = "0.1.0"
 
 from .build import build_stable_sam, stable_sam_model_registry
 from .checkpoint import CheckpointError, load_plugins, read_plugin_metadata, save_plugins
-from .modeling import StableHQSam, StableSam
-from .modeling.plugins import PluginConfig, StableSamPlugins
+from .plugins import PluginConfig, StableSamPlugins
+from .families.sam import StableSam, StableSamPredictor
+from .families.hq import StableHQSam, StableHQSamPredictor
 from .automatic_mask_generator import StableSamAutomaticMaskGenerator
-from .predictor import StableSamPredictor
-from .hq.predictor import StableHQSamPredictor
 
 __all__ = [
     "CheckpointError",

@@ -7,8 +7,8 @@ swaps in a StableSamPredictor (StableHQSamPredictor on HQ-SAM), so the plugins t
 
 from segment_anything import SamAutomaticMaskGenerator
 
-from .modeling import StableSam
-from .predictor import predictor_for
+from .families import predictor_for
+from .families.sam import StableSam
 
 
 class StableSamAutomaticMaskGenerator(SamAutomaticMaskGenerator):

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .data._io import write_atomic
-from .modeling.plugins import PluginConfig
+from .plugins import PluginConfig
 
 PLUGIN_FORMAT = "stable-sam-plugins"
 PLUGIN_FORMAT_VERSION = "1"

@@ -4,17 +4,14 @@ parsing with validation, colour overlays and atomic PNG writes."""
 import argparse
 import os
 import sys
-from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import numpy as np
 
 from . import CliError
+from ..prompting import Prompts
 
-MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "tiny", "demo",
-               "hq_vit_b", "hq_vit_l", "hq_vit_h", "hq_vit_tiny", "hq_tiny")
-RANDOM_MODEL_TYPES = ("tiny", "hq_tiny")  # random on purpose: no checkpoint needed
-EMBEDDED_MODEL_TYPES = ("demo",)  # weights ship in the package: no checkpoint needed
+from ..families import EMBEDDED_MODEL_TYPES, MODEL_TYPES, RANDOM_MODEL_TYPES  # noqa: F401
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -134,13 +131,6 @@ def check_device(text: Optional[str]) -> None:
     if device.index is not None and device.index >= torch.cuda.device_count():
         raise CliError(f"--device {text!r}: this machine has {torch.cuda.device_count()} "
                        "CUDA device(s)")
-
-
-@dataclass
-class Prompts:
-    point_coords: Optional[np.ndarray]  # (K, 2) x, y in image pixels
-    point_labels: Optional[np.ndarray]  # (K,) 1 foreground, 0 background
-    box: Optional[np.ndarray]  # (4,) x0, y0, x1, y1
 
 
 def _parse_point(text: str) -> Tuple[float, float, int]:
@@ -274,21 +264,3 @@ def prepare_out_dir(path: str) -> str:
     if not os.access(path, os.W_OK | os.X_OK):
         raise CliError(f"--out-dir {path!r} is not writable")
     return path
-
-
-def predict(
-    predictor, prompts: Prompts, multimask: bool, *, use_plugins: bool, return_extras: bool = False
-):
-    """Runs the predictor; with multimask keeps the best-scored of the three masks."""
-    out = predictor.predict(
-        point_coords=prompts.point_coords,
-        point_labels=prompts.point_labels,
-        box=prompts.box,
-        multimask_output=multimask,
-        use_plugins=use_plugins,
-        return_extras=return_extras,
-    )
-    masks, scores = out[0], out[1]
-    best = int(np.argmax(scores))
-    extras = out[3] if return_extras else None
-    return masks[best], float(scores[best]), extras

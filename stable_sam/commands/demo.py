@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from . import _common
+from ..prompting import Prompts, predict_best
 
 HELP = ("run the embedded demo model (a small model trained on generated scenes, to show the "
         "method, not a segmenter for photographs) on a held-out scene: SAM vs Stable-SAM from a "
@@ -48,7 +49,7 @@ def casual_prompts(mask: np.ndarray, seed: int = 0):
 def _row(image, predictor, model, prompts, top_k, title):
     from .visualize import _panel, _to_image_pixels
 
-    views = [_common.predict(predictor, prompts, False, use_plugins=use, return_extras=True)
+    views = [predict_best(predictor, prompts, False, use_plugins=use, return_extras=True)
              for use in (False, True)]
     selections = []
     for _, _, extras in views:
@@ -75,7 +76,7 @@ def run(args) -> int:
     from ..build import build_stable_sam
     from ..data._io import write_image_atomic
     from ..data.scenes import TEST_SEED, make_scene
-    from ..predictor import predictor_for
+    from ..families import predictor_for
 
     if args.scene < 0:
         raise _common.CliError(f"--scene must be >= 0, is {args.scene}")
@@ -94,8 +95,8 @@ def run(args) -> int:
     with torch.inference_mode():
         predictor.set_image(image)
         for prompts, title in (
-            (_common.Prompts(box=box, point_coords=None, point_labels=None), "casual box"),
-            (_common.Prompts(box=None, point_coords=coords, point_labels=labels), "one click"),
+            (Prompts(box=box, point_coords=None, point_labels=None), "casual box"),
+            (Prompts(box=None, point_coords=coords, point_labels=labels), "one click"),
         ):
             row, masks = _row(image, predictor, model, prompts, args.top_k, title)
             rows.append(row)

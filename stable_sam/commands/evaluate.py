@@ -82,11 +82,11 @@ def _init_distributed():
 
 
 def build_predictor(args):
-    from ..predictor import predictor_for, sam_predictor_for
+    from ..families import base_predictor_for, predictor_for
     from ._common import build_model
 
     model = build_model(args)
-    return sam_predictor_for(model) if args.no_plugins else predictor_for(model)
+    return base_predictor_for(model) if args.no_plugins else predictor_for(model)
 
 
 MODEL_IMAGE_SIZES = {"tiny": 256, "hq_tiny": 256}  # SAM's input size by --model-type; the ViTs take 1024

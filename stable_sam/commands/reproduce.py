@@ -23,7 +23,7 @@ HELP = ("rebuild the small-scale reproduction (scenes, base SAM, plugins and bas
 SECTION_TITLE = "## Small-scale reproduction of Tables 2 and 5"
 DEFAULT_COMMAND = "stable-sam reproduce --publish"
 # what CI's test of the shipped weights compares with (see pipeline.shipped_check_records)
-SHIPPED_CHECK = Path("tests/stable_sam/reproduction/shipped_weights_records.json")
+SHIPPED_CHECK = Path("tests/stable_sam/families/demo/shipped_weights_records.json")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -85,7 +85,7 @@ def run(args) -> int:
     from ..data._io import write_text_atomic
     from ..reproduction import pipeline
     from ..reproduction.base_sam import BaseTrainConfig
-    from ..reproduction.demo_model import DEMO_PLUGIN_WEIGHTS, DEMO_SAM_WEIGHTS
+    from ..families.demo.build import DEMO_PLUGIN_WEIGHTS, DEMO_SAM_WEIGHTS
     from ..reproduction.targets import markdown_section
 
     torch.set_num_threads(args.threads)

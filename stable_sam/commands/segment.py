@@ -3,6 +3,7 @@
 import argparse
 
 from . import _common
+from ..prompting import predict_best
 
 HELP = "segment one object from a box and/or point prompts"
 
@@ -23,7 +24,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     import torch
 
-    from ..predictor import predictor_for
+    from ..families import predictor_for
 
     _common.check_model_arguments(args)
     mask_path, overlay_path = _common.output_paths(args, ("mask", "overlay"))
@@ -34,7 +35,7 @@ def run(args) -> int:
     predictor = predictor_for(model)
     with torch.inference_mode():
         predictor.set_image(image)
-        mask, score, _ = _common.predict(
+        mask, score, _ = predict_best(
             predictor, prompts, args.multimask, use_plugins=not args.no_plugins
         )
 

@@ -179,7 +179,7 @@ def run(args) -> int:
         _demo_data(config)
     if config.sam_checkpoint is None and config.model_type in EMBEDDED_MODEL_TYPES:
         # the shipped base, with the plugins at identity: train, do not fine-tune the shipped ones
-        from ..reproduction.demo_model import DEMO_SAM_WEIGHTS
+        from ..families.demo.build import DEMO_SAM_WEIGHTS
 
         config = config.replace(sam_checkpoint=str(DEMO_SAM_WEIGHTS))
     if config.sam_checkpoint is None and config.model_type not in RANDOM_MODEL_TYPES:

@@ -10,6 +10,7 @@ import argparse
 import numpy as np
 
 from . import _common
+from ..prompting import predict_best
 
 HELP = "draw layer 2's sampling points and attention, SAM vs Stable-SAM, in one PNG"
 
@@ -73,7 +74,7 @@ def _panel(image, mask, prompts, points, weights, max_weight, title, color):
 def run(args) -> int:
     import torch
 
-    from ..predictor import predictor_for
+    from ..families import predictor_for
 
     if args.top_k < 1:
         raise _common.CliError(f"--top-k must be >= 1, is {args.top_k}")
@@ -87,7 +88,7 @@ def run(args) -> int:
     with torch.inference_mode():
         predictor.set_image(image)
         views = [
-            _common.predict(predictor, prompts, args.multimask, use_plugins=use, return_extras=True)
+            predict_best(predictor, prompts, args.multimask, use_plugins=use, return_extras=True)
             for use in (False, True)
         ]
     grid_hw = views[0][2]["attention"].shape

@@ -2,7 +2,7 @@
 
 `SamOnnxModel` is used as it is (prompt embedding, mask prediction, mask selection and
 post-processing, the export options); it is handed a view of the model whose mask decoder
-predicts masks through `stable_sam.modeling.decoder.predict_masks`, with the plugins on layer
+predicts masks through `stable_sam.families.sam.decoder.predict_masks`, with the plugins on layer
 2's token-to-image keys. So the exported file has exactly SAM's inputs and outputs.
 
 Two of `SamOnnxModel`'s methods are re-expressed for the dynamo-based exporter, which traces
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from segment_anything.utils.onnx import SamOnnxModel
 
-from ..modeling import StableSam, decoder
+from ..families.sam import StableSam, decoder
 
 # The names a tool built for segment_anything's exported decoder looks for, in order.
 DECODER_INPUT_NAMES = (

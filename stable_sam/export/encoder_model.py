@@ -8,7 +8,7 @@ shifts every mask. Here the file takes the image as the predictor's `set_image` 
 
 from torch import Tensor, nn
 
-from ..modeling import StableSam
+from ..families.sam import StableSam
 
 ENCODER_INPUT_NAMES = ("input_image",)
 ENCODER_OUTPUT_NAMES = ("image_embeddings",)

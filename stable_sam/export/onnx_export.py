@@ -16,7 +16,7 @@ from torch import nn
 from stable_sam_ops import _extension
 from stable_sam_ops._onnx import DEFAULT_ONNX_SAMPLING, ONNX_SAMPLING_FORMS, decompose_for_onnx
 
-from ..modeling import StableSam
+from ..families.sam import StableSam
 from .decoder_model import (
     DECODER_EXTRA_OUTPUT_NAMES,
     DECODER_INPUT_NAMES,

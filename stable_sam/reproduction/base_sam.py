@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from ..data.prompts import gt_box, positive_points
 from ..data.scenes import TRAIN_SEED, make_scene
-from ..modeling import StableSam
-from .demo_model import DEMO_IMAGE_SIZE, build_demo_sam, save_sam_weights
+from ..families.sam import StableSam
+from ..families.demo.build import DEMO_IMAGE_SIZE, build_demo_sam, save_sam_weights
 
 CLEAN_KINDS = ("box", "points3", "points5", "points10")
 MIN_OBJECT_AREA = 150  # smaller visible objects (most clutter) are not used as targets

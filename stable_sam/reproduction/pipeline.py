@@ -11,7 +11,7 @@ from pathlib import Path
 from ..data._io import write_json_atomic
 from ..data.scenes import TEST_SEED, TRAIN_SEED, write_scenes
 from .base_sam import BaseTrainConfig, train_base_sam
-from .demo_model import DEMO_IMAGE_SIZE, DEMO_MODEL_TYPE
+from ..families.demo.build import DEMO_IMAGE_SIZE, DEMO_MODEL_TYPE
 
 METHODS = ("stable_sam", "stable_sam_no_drp", "stable_sam_no_rts", "pt_sam", "dt_sam")
 ALL_METHODS = ("sam",) + METHODS
@@ -41,7 +41,7 @@ def check_reused_base(out: Path) -> None:
     """A base that OUT already holds is reused: it must load into today's demo architecture
     (one from an older version of the package does not), checked before any scene is written."""
     from ..checkpoint import CheckpointError
-    from .demo_model import build_demo_sam, load_sam_weights
+    from ..families.demo.build import build_demo_sam, load_sam_weights
 
     path = base_path(out)
     if path.is_file():
@@ -93,7 +93,7 @@ def train_methods(out: Path, base: Path, train_dir: Path, methods=METHODS,
 def load_method(method: str, base: Path, weights: Path | None):
     """(model, predictor) of one of ALL_METHODS on `base`."""
     from ..build import build_stable_sam
-    from ..predictor import predictor_for, sam_predictor_for
+    from ..families import base_predictor_for, predictor_for
     from ..training.baselines import load_baseline_weights
 
     if method.startswith("stable_sam"):
@@ -102,7 +102,7 @@ def load_method(method: str, base: Path, weights: Path | None):
     model = build_stable_sam(DEMO_MODEL_TYPE, str(base)).eval()
     if method != "sam":
         load_baseline_weights(model, weights)
-    return model, sam_predictor_for(model)
+    return model, base_predictor_for(model)
 
 
 def trainable_params(model, method: str) -> int:

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from ..commands._common import Prompts
+from ..prompting import Prompts
 
 MAX_POINTS = 64  # far more clicks than anyone places by hand; bounds a request's work
 

@@ -16,11 +16,11 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from ..commands._common import predict
+from ..prompting import predict_best
 from ..data.prompts import noisy_box
 from ..evaluation.coco import rle_json
 from ..evaluation.metrics import stability_score
-from ..predictor import predictor_for
+from ..families import predictor_for
 from . import encoding
 from .prompts import PromptError, validate_box, validate_prompts
 
@@ -111,7 +111,7 @@ class DemoSession:
             image = self._activate(image_id)
             prompts = validate_prompts(box, points, image.shape)
             with torch.inference_mode():
-                views = {name: predict(self.predictor, prompts, False, use_plugins=use,
+                views = {name: predict_best(self.predictor, prompts, False, use_plugins=use,
                                        return_extras=True)
                          for name, use in MODELS}
         models = {}

@@ -14,7 +14,7 @@ __all__ = ["build_model", "model_input_size", "PromptedDecoder"]
 
 
 def _plugin_config(config: TrainConfig, spec: baselines.MethodSpec):
-    from ..modeling.plugins import PluginConfig
+    from ..plugins import PluginConfig
 
     fields = dict(config.plugin)
     if not spec.use_routing:

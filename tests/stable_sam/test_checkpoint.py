@@ -15,7 +15,7 @@ from stable_sam import (
     read_plugin_metadata,
     save_plugins,
 )
-from stable_sam.build import build_tiny_sam
+from stable_sam.families.sam.build import build_tiny_sam
 from model_helpers import embedding, perturb_plugins, prompts, tiny_model
 
 

@@ -27,7 +27,7 @@ def test_every_mutation_applies_to_the_current_code(script):
     assert script.verify() == []
     assert all(m.old != m.new for m in script.MUTATIONS)
     packages = {m.path.split("/")[1] for m in script.MUTATIONS}
-    assert {"modeling", "data", "training", "evaluation"} <= packages
+    assert {"plugins", "families", "data", "training", "evaluation"} <= packages
 
 
 def test_verify_reports_a_stale_target(script):

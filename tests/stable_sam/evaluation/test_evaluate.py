@@ -137,7 +137,7 @@ def test_write_results_accumulates_models(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_predictor():
-    from stable_sam.build import build_tiny_sam
+    from stable_sam.families.sam.build import build_tiny_sam
 
     return SamPredictor(build_tiny_sam())
 

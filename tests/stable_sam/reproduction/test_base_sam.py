@@ -6,7 +6,7 @@ import torch
 from stable_sam.build import build_stable_sam
 from stable_sam.cli import main
 from stable_sam.reproduction.base_sam import BaseTrainConfig, train_base_sam
-from stable_sam.reproduction.demo_model import build_demo_sam
+from stable_sam.families.demo.build import build_demo_sam
 
 
 def test_trains_and_writes_a_loadable_base(tmp_path):

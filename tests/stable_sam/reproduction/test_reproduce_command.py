@@ -38,7 +38,7 @@ def test_sigterm_stops_the_reproduction_and_a_rerun_continues_the_cut_training(t
 
     from stable_sam.data.scenes import TRAIN_SEED, write_scenes
     from stable_sam.reproduction import pipeline
-    from stable_sam.reproduction.demo_model import DEMO_SAM_WEIGHTS
+    from stable_sam.families.demo.build import DEMO_SAM_WEIGHTS
     from stable_sam.training import loop
 
     class SigtermAtOnce(loop.StopRequest):
@@ -64,7 +64,7 @@ def test_sigterm_stops_the_reproduction_and_a_rerun_continues_the_cut_training(t
 def test_a_method_killed_before_its_first_checkpoint_is_trained_again(tmp_path):
     from stable_sam.data.scenes import TRAIN_SEED, write_scenes
     from stable_sam.reproduction import pipeline
-    from stable_sam.reproduction.demo_model import DEMO_SAM_WEIGHTS
+    from stable_sam.families.demo.build import DEMO_SAM_WEIGHTS
 
     train_dir = write_scenes(tmp_path / "train", 4, TRAIN_SEED)
     out = tmp_path / "r"
@@ -80,7 +80,7 @@ def test_a_base_of_another_architecture_is_refused_before_any_work(tmp_path, cap
     # exit 2, before the scenes are written, and the old base is left as it was
     from torch import nn
 
-    from stable_sam.reproduction.demo_model import build_demo_sam, save_sam_weights
+    from stable_sam.families.demo.build import build_demo_sam, save_sam_weights
 
     sam = build_demo_sam()
     sam.image_encoder.layers = nn.Sequential(*list(sam.image_encoder.layers)[:-1])

@@ -7,7 +7,7 @@ from serve_helpers import png_array
 from stable_sam.data.prompts import noisy_box
 from stable_sam.data.scenes import TEST_SEED, make_scene
 from stable_sam.evaluation.metrics import stability_score
-from stable_sam.predictor import StableSamPredictor
+from stable_sam.families.sam import StableSamPredictor
 from stable_sam.serve.prompts import MAX_POINTS, PromptError, validate_prompts
 from stable_sam.serve.session import UnknownImageError, scene_image
 
@@ -166,7 +166,7 @@ def test_other_model_types_get_their_own_embedding_back(model_type):
     """Real weights take the same path: a ViT SAM, and HQ-SAM whose decoder also reads the
     encoder's early features (put back with the embedding when another image came between)."""
     from stable_sam.build import build_stable_sam
-    from stable_sam.predictor import predictor_for
+    from stable_sam.families import predictor_for
     from stable_sam.serve.session import DemoSession
 
     model = build_stable_sam(model_type).eval()

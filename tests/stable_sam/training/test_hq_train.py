@@ -8,7 +8,7 @@ import torch
 from stable_sam.build import build_stable_sam
 from stable_sam.checkpoint import load_plugins
 from stable_sam.data.synthetic import make_synthetic_dataset
-from stable_sam.modeling.stable_hq_sam import StableHQSam
+from stable_sam.families.hq import StableHQSam
 from stable_sam.training import TrainConfig, train
 from stable_sam.training.model import PromptedDecoder, build_model
 from stable_sam.training.rng import seed_everything

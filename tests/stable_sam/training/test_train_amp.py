@@ -5,7 +5,7 @@ import csv
 import pytest
 import torch
 
-import stable_sam.modeling.plugins as plugins_module
+import stable_sam.plugins.stable_sam_plugins as plugins_module
 from stable_sam.data.synthetic import make_synthetic_dataset
 from stable_sam.training import LOG_NAME, TrainConfig, train
 

@@ -7,9 +7,9 @@ import torch
 from model_helpers import make_image, perturb_plugins
 
 from stable_sam import StableSamAutomaticMaskGenerator, StableSamPredictor, build_stable_sam
-from stable_sam.hq.build import import_segment_anything_hq
-from stable_sam.hq.predictor import StableHQSamPredictor
-from stable_sam.predictor import predictor_for, sam_predictor_for
+from stable_sam.families.hq.build import import_segment_anything_hq
+from stable_sam.families.hq.predictor import StableHQSamPredictor
+from stable_sam.families import base_predictor_for, predictor_for
 
 TOL = 1e-5
 BOX = np.array([50.0, 40.0, 190.0, 150.0])
@@ -103,8 +103,8 @@ def test_predictor_dispatch(hq):
     hq_model, sam_model = build_stable_sam("hq_tiny"), build_stable_sam("tiny")
     assert type(predictor_for(hq_model)) is StableHQSamPredictor
     assert type(predictor_for(sam_model)) is StableSamPredictor
-    assert type(sam_predictor_for(hq_model)) is hq.SamPredictor
-    assert sam_predictor_for(hq_model).model is hq_model.sam
+    assert type(base_predictor_for(hq_model)) is hq.SamPredictor
+    assert base_predictor_for(hq_model).model is hq_model.sam
     with pytest.raises(TypeError, match="StableHQSam"):
         StableHQSamPredictor(sam_model)
 

@@ -14,7 +14,7 @@ from stable_sam.data.hqseg import HQSegDataset
 from stable_sam.data.prompts import gt_box
 from stable_sam.data.scenes import TEST_SEED, make_scene, write_scenes
 from stable_sam.evaluation import evaluate_masks, freeze_prompts
-from stable_sam.reproduction.demo_model import DEMO_PLUGIN_WEIGHTS, DEMO_SAM_WEIGHTS
+from stable_sam.families.demo.build import DEMO_PLUGIN_WEIGHTS, DEMO_SAM_WEIGHTS
 from stable_sam.reproduction.pipeline import KINDS
 
 RECORDS = Path(__file__).with_name("shipped_weights_records.json")
@@ -72,9 +72,9 @@ def test_shipped_weights_reproduce_the_table_records(demo, tmp_path):
     dataset = HQSegDataset(tmp_path, name="scenes_test")
     prompts = freeze_prompts(dataset, KINDS, expected["prompts_per_image"],
                              model_image_size=256)
-    from stable_sam.predictor import predictor_for, sam_predictor_for
+    from stable_sam.families import base_predictor_for, predictor_for
 
-    for method, predictor in (("sam", sam_predictor_for(demo)), ("stable_sam", predictor_for(demo))):
+    for method, predictor in (("sam", base_predictor_for(demo)), ("stable_sam", predictor_for(demo))):
         with torch.no_grad():
             records = evaluate_masks(predictor, dataset, prompts, list(KINDS))["records"]
         want = expected["records"][method]

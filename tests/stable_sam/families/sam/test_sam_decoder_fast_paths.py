@@ -1,4 +1,4 @@
-"""The decoder pass's re-expressions of SAM's modules (stable_sam.modeling.decoder) against the
+"""The decoder pass's re-expressions of SAM's modules (stable_sam.families.sam.decoder) against the
 modules themselves: pixel-local output upscaling, attention with the (T, HW) score layout, one
 image's projections shared by N prompts, and whole decodes on a shared vs repeated embedding."""
 import copy
@@ -6,7 +6,8 @@ import copy
 import pytest
 import torch
 
-from stable_sam.modeling import decoder
+from stable_sam.families.sam import decoder
+from stable_sam.plugins import two_way_site
 from model_helpers import embedding, perturb_plugins, prompts, tiny_model
 
 TOL = {torch.float32: dict(atol=2e-5, rtol=1e-5), torch.float64: dict(atol=1e-12, rtol=1e-12)}
@@ -53,7 +54,7 @@ def test_image_to_token_attention_matches_sams_attention(model, n, image_batch, 
     k, v = _randn(n, 7, 256, dtype=dtype, seed=4), _randn(n, 7, 256, dtype=dtype, seed=5)
     with torch.no_grad():
         expected = attn(q=image.expand(n, -1, -1), k=k, v=v)
-        got = decoder.image_to_token_attention(attn, image, k, v)
+        got = two_way_site.image_to_token_attention(attn, image, k, v)
     torch.testing.assert_close(got, expected, **TOL[dtype])
 
 
@@ -66,7 +67,7 @@ def test_token_to_shared_image_attention_matches_sams_attention(model, n, dtype)
     k, v = _randn(1, 30, 256, dtype=dtype, seed=7), _randn(1, 30, 256, dtype=dtype, seed=8)
     with torch.no_grad():
         expected = attn(q=q, k=k.expand(n, -1, -1), v=v.expand(n, -1, -1))
-        got = decoder.token_to_shared_image_attention(attn, q, k, v)
+        got = two_way_site.token_to_shared_image_attention(attn, q, k, v)
     torch.testing.assert_close(got, expected, **TOL[dtype])
 
 

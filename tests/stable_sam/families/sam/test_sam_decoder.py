@@ -1,9 +1,10 @@
-"""stable_sam.modeling.decoder: SAM's decoder re-expressed over its own submodules."""
+"""stable_sam.families.sam.decoder: SAM's decoder re-expressed over its own submodules."""
 
 import pytest
 import torch
 
-from stable_sam.modeling import decoder
+from stable_sam.families.sam import decoder
+from stable_sam.plugins import two_way_site
 from model_helpers import embedding, prompts, tiny_model
 
 
@@ -57,7 +58,7 @@ def test_attention_probs_reproduce_sams_attention(model):
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, n, 256, generator=gen) for n in (7, 50, 50))
     with torch.no_grad():
-        probs = decoder.attention_probs(attn, q, k)  # (2, heads, 7, 50)
+        probs = two_way_site.attention_probs(attn, q, k)  # (2, heads, 7, 50)
         heads = attn.num_heads
         vh = attn.v_proj(v).view(2, 50, heads, -1).transpose(1, 2)
         rebuilt = attn.out_proj((probs @ vh).transpose(1, 2).reshape(2, 7, -1))
@@ -87,7 +88,7 @@ def test_block_forward_matches_sams_block(model):
     keys, key_pe = torch.randn(2, 64, 256, generator=gen), torch.randn(1, 64, 256, generator=gen)
     new_keys = torch.randn(2, 64, 256, generator=gen)
     with torch.no_grad():
-        got_q, got_k = decoder.block_forward(
+        got_q, got_k = two_way_site.block_forward(
             block, queries, keys, query_pe, key_pe, keys_fn=lambda x_p, q: new_keys
         )
         sam_q, _ = block(queries=queries, keys=new_keys, query_pe=query_pe, key_pe=key_pe)

@@ -1,5 +1,5 @@
 """HQ-SAM's mask decoder forward (segment_anything_hq `MaskDecoderHQ`), re-expressed over its own
-(frozen) submodules, with the two-way transformer run by `decoder.transformer_forward` so that
+(frozen) submodules, with the two-way transformer run by `stable_sam.plugins.two_way_site` so that
 layer 2's token-to-image attention can take the plugins' keys/values.
 
 Nothing here owns parameters: with no keys function the result is HQ-SAM's. The output tokens are
@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import decoder as decoder_pass
+from ...plugins.two_way_site import KeysFn, transformer_forward
 
 
 def hq_token_index(mask_decoder: nn.Module) -> int:
@@ -37,23 +37,6 @@ def _check_batch(name: str, t: Tensor, n: int) -> None:
         )
 
 
-def _recording_keys_fn(layer: nn.Module, t_o: int, query_pe: Tensor, key_pe: Tensor,
-                       keys_fn: Optional[decoder_pass.KeysFn],
-                       record: Dict[str, Tensor]) -> decoder_pass.KeysFn:
-    """Wraps keys_fn so that the attention weights of token t_o over the keys/values it returns
-    land in record["attention"] (N, H*W), averaged over heads: decoder.block_forward records
-    SAM's output token, which is not t_o here."""
-
-    def site_keys(x_p: Tensor, queries: Tensor) -> Tensor:
-        values = x_p if keys_fn is None else keys_fn(x_p, queries)
-        q = queries[:, t_o:t_o + 1] + query_pe[:, t_o:t_o + 1]
-        probs = decoder_pass.attention_probs(layer.cross_attn_token_to_image, q, values + key_pe)
-        record["attention"] = probs.mean(dim=1)[:, 0]
-        return values
-
-    return site_keys
-
-
 def predict_masks_hq(
     mask_decoder: nn.Module,
     image_embeddings: Tensor,
@@ -61,7 +44,7 @@ def predict_masks_hq(
     sparse_prompt_embeddings: Tensor,
     dense_prompt_embeddings: Tensor,
     high_quality_features: Tensor,
-    keys_fn: Optional[decoder_pass.KeysFn] = None,
+    keys_fn: Optional[KeysFn] = None,
     record: Optional[Dict[str, Tensor]] = None,
 ) -> Tuple[Tensor, Tensor]:
     """MaskDecoderHQ.predict_masks: logits of all 5 mask tokens (N, 5, 4h, 4w), SAM's four
@@ -89,13 +72,9 @@ def predict_masks_hq(
         src = src.expand(n, -1, -1, -1)
     _, c, h, w = src.shape
 
-    if record is not None:
-        layer = mask_decoder.transformer.layers[decoder_pass.PLUGIN_LAYER]
-        key_pe = image_pe.flatten(2).permute(0, 2, 1)
-        keys_fn = _recording_keys_fn(layer, hq_token_index(mask_decoder), tokens, key_pe,
-                                     keys_fn, record)
-    hs, image_tokens = decoder_pass.transformer_forward(
-        mask_decoder.transformer, src, image_pe, tokens, keys_fn
+    hs, image_tokens = transformer_forward(
+        mask_decoder.transformer, src, image_pe, tokens, keys_fn, record,
+        hq_token_index(mask_decoder),
     )
     num_sam_tokens = mask_decoder.num_mask_tokens - 1
     mask_tokens_out = hs[:, 1:1 + mask_decoder.num_mask_tokens, :]

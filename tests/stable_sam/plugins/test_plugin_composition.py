@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from stable_sam import PluginConfig, StableSam, StableSamPlugins
-from stable_sam.build import SAM_BUILDERS
+from stable_sam.families.sam.build import SAM_BUILDERS
 from stable_sam_ops import deformable_sample_reference
 
 D = torch.float64

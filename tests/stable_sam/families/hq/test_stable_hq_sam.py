@@ -9,8 +9,8 @@ from segment_anything import sam_model_registry
 
 from stable_sam import build_stable_sam
 from stable_sam.checkpoint import CheckpointError, check_state_dict
-from stable_sam.hq.build import import_segment_anything_hq
-from stable_sam.modeling.stable_hq_sam import StableHQSam
+from stable_sam.families.hq.build import import_segment_anything_hq
+from stable_sam.families.hq import StableHQSam
 
 OFFICIAL_TYPES = {"hq_vit_b": ("vit_b", 768), "hq_vit_l": ("vit_l", 1024),
                   "hq_vit_h": ("vit_h", 1280)}

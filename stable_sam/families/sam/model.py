@@ -6,8 +6,9 @@ import torch
 from torch import Tensor, nn
 from segment_anything.modeling import Sam
 
+from ...plugins import PluginConfig, StableSamPlugins
+from ...plugins.two_way_site import PLUGIN_LAYER
 from . import decoder
-from .plugins import PluginConfig, StableSamPlugins
 
 
 class StableSam(nn.Module):
@@ -16,7 +17,7 @@ class StableSam(nn.Module):
     `self.sam` keeps SAM's modules and state-dict keys (an official checkpoint loads strictly into
     it); it is frozen (no parameter requires grad) and stays in eval mode when the model is
     `.train()`-ed. `self.plugins` holds the only trainable parameters. The mask decoder runs
-    through `stable_sam.modeling.decoder`, which calls SAM's own submodules and swaps the keys/values of
+    through `stable_sam.families.sam.decoder`, which calls SAM's own submodules and swaps the keys/values of
     `transformer.layers[1]`'s token-to-image attention for the plugins' output.
 
     Arguments:
@@ -37,9 +38,9 @@ class StableSam(nn.Module):
         super().__init__()
         config = plugin_config if plugin_config is not None else PluginConfig()
         transformer = sam.mask_decoder.transformer
-        if len(transformer.layers) <= decoder.PLUGIN_LAYER:
+        if len(transformer.layers) <= PLUGIN_LAYER:
             raise ValueError(
-                f"SAM's decoder transformer needs at least {decoder.PLUGIN_LAYER + 1} layers for "
+                f"SAM's decoder transformer needs at least {PLUGIN_LAYER + 1} layers for "
                 f"the plugin site, has {len(transformer.layers)}"
             )
         if sam.mask_decoder.transformer_dim != config.embed_dim:

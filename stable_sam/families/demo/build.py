@@ -2,8 +2,8 @@
 TwoWayTransformer at embedding width 256, a conv image encoder, 256 px input, 16x16 embedding)
 and the weights shipped in `stable_sam/weights/`.
 
-A small model trained on generated scenes (`stable_sam.data.scenes`), to show the method; it is
-not a segmenter for photographs.
+A small model trained on generated scenes (`stable_sam.data.scenes`) by
+`stable_sam.reproduction`, to show the method; it is not a segmenter for photographs.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from .encoder import ConvImageEncoder
 DEMO_MODEL_TYPE = "demo"
 DEMO_IMAGE_SIZE = 256
 EMBED_DIM = 256  # the paper's plugins are built for SAM's width
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 DEMO_SAM_WEIGHTS = WEIGHTS_DIR / "demo_sam.safetensors"
 DEMO_PLUGIN_WEIGHTS = WEIGHTS_DIR / "demo_stable_sam_plugins.safetensors"
 
@@ -53,7 +53,7 @@ def save_sam_weights(sam: Sam, path) -> Path:
     rounded values)."""
     from safetensors.torch import save_file
 
-    from ..data._io import write_atomic
+    from ...data._io import write_atomic
 
     state = {k: v.detach().to(torch.float16).contiguous() if v.is_floating_point() else v
              for k, v in sam.state_dict().items()}
@@ -65,7 +65,7 @@ def load_sam_weights(sam: Sam, path) -> None:
     """Loads a `save_sam_weights` file strictly into `sam`, in `sam`'s dtype."""
     from safetensors.torch import load_file
 
-    from ..checkpoint import CheckpointError, check_state_dict
+    from ...checkpoint import CheckpointError, check_state_dict
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"demo SAM weights not found: {path}")

@@ -6,8 +6,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from . import hq_decoder
-from .stable_sam import StableSam
+from ..sam.model import StableSam
+from . import decoder as hq_decoder
 
 
 class StableHQSam(StableSam):

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from stable_sam import PluginConfig, StableSam, StableSamPlugins
-from stable_sam.build import SAM_BUILDERS
-from stable_sam.modeling.drp import DynamicRoutingPlugin
-from stable_sam.modeling.dsp import DeformableSamplingPlugin
+from stable_sam.families.sam.build import SAM_BUILDERS
+from stable_sam.plugins.drp import DynamicRoutingPlugin
+from stable_sam.plugins.dsp import DeformableSamplingPlugin
 
 
 class TestPluginConfig:

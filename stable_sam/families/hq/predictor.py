@@ -6,11 +6,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..modeling.stable_hq_sam import StableHQSam
-from ..predictor import StableSamPredictor
+from ..predictor_base import PluginPredictor
+from .model import StableHQSam
 
 
-class StableHQSamPredictor(StableSamPredictor):
+class StableHQSamPredictor(PluginPredictor):
     """Drop-in for segment_anything_hq.SamPredictor: the same methods, arguments (`predict` and
     `predict_torch` take `hq_token_only` after `return_logits`), defaults and returns, and
     `interm_features` beside `features` after `set_image`. Masks come from Stable-HQ-SAM's
@@ -20,13 +20,8 @@ class StableHQSamPredictor(StableSamPredictor):
       sam_model (StableHQSam): the model.
     """
 
-    def __init__(self, sam_model: StableHQSam) -> None:
-        if not isinstance(sam_model, StableHQSam):
-            raise TypeError(
-                f"StableHQSamPredictor needs a StableHQSam model, got {type(sam_model).__name__}; "
-                "use StableSamPredictor for Stable-SAM on SAM"
-            )
-        super().__init__(sam_model)
+    model_class = StableHQSam
+    base_hint = "use StableSamPredictor for Stable-SAM on SAM"
 
     @torch.no_grad()
     def set_torch_image(self, transformed_image: Tensor,
@@ -58,15 +53,11 @@ class StableHQSamPredictor(StableSamPredictor):
         """segment_anything_hq's SamPredictor.predict: masks (1xHxW: HQ-SAM gives one mask
         either way), scores (1), low-res logits (1x256x256) as numpy; with return_extras also
         a dict of numpy arrays for this prompt."""
-        if not self.is_image_set:
-            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+        self._require_image()
         prompts = self._prompts_to_torch(point_coords, point_labels, box, mask_input)
         out = self.predict_torch(*prompts, multimask_output, return_logits, hq_token_only,
                                  use_plugins=use_plugins, return_extras=return_extras)
-        arrays = tuple(t[0].detach().cpu().numpy() for t in out[:3])
-        if not return_extras:
-            return arrays
-        return arrays + ({k: v[0].detach().cpu().numpy() for k, v in out[3].items()},)
+        return self._first_as_numpy(out, return_extras)
 
     @torch.no_grad()
     def predict_torch(
@@ -85,17 +76,13 @@ class StableHQSamPredictor(StableSamPredictor):
         """segment_anything_hq's SamPredictor.predict_torch: prompts in the input frame, batched
         over B prompts. Returns masks Bx1xHxW, scores Bx1, low-res logits Bx1x256x256 (+ the
         extras dict with return_extras)."""
-        if not self.is_image_set:
-            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
-        points = (point_coords, point_labels) if point_coords is not None else None
-        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        self._require_image()
+        sparse, dense = self._encode_prompts(point_coords, point_labels, boxes, mask_input)
         decoded = self.model.decode(
-            self.features, self.model.prompt_encoder.get_dense_pe(), sparse, dense,
+            self.features, self._dense_pe(), sparse, dense,
             multimask_output, hq_token_only, self.interm_features,
             use_plugins=use_plugins, return_extras=return_extras,
         )
         low_res_masks, iou_predictions = decoded[0], decoded[1]
-        masks = self.model.postprocess_masks(low_res_masks, self.input_size, self.original_size)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
+        masks = self._masks_from_logits(low_res_masks, return_logits)
         return (masks, iou_predictions, low_res_masks) + tuple(decoded[2:])
