@@ -3,7 +3,7 @@ families in `stable_sam.families`."""
 
 import warnings
 from functools import partial
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 from torch import nn
 
@@ -16,7 +16,7 @@ def build_stable_sam(
     model_type: str,
     sam_checkpoint: Optional[str] = None,
     plugin_checkpoint: Optional[str] = None,
-    plugin_config: Optional[PluginConfig] = None,
+    plugin_config: Union[None, PluginConfig, Mapping[str, Any]] = None,
     *,
     op_backend: str = "auto",
 ) -> nn.Module:
@@ -33,11 +33,13 @@ def build_stable_sam(
         weights_only=True, strictly. None leaves SAM randomly initialised (with a warning).
       plugin_checkpoint (str or None): plugin weights from `save_plugins`. None: plugins at their
         identity initialisation (Stable-SAM == SAM until trained).
-      plugin_config (PluginConfig or None): None takes the checkpoint's config, else the defaults.
+      plugin_config (PluginConfig, dict of its fields, or None): None takes the checkpoint's
+        config, else the defaults.
       op_backend (str): stable_sam_ops backend for the deformable sampling.
 
     Returns the family's model class: StableSam (SAM, demo) or StableHQSam (HQ-SAM).
     """
+    plugin_config = None if plugin_config is None else PluginConfig.of(plugin_config)
     family = family_of(model_type)
     missing = family.missing_dependency()
     if missing is not None:

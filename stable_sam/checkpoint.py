@@ -171,9 +171,17 @@ def load_plugins(model: nn.Module, path: str) -> Dict[str, Any]:
     """Loads plugin weights saved by `save_plugins` into model.plugins; returns the metadata.
 
     The file's model type and plugin config must match the model's (the plugins are trained on
-    one backbone's features), and its tensors must match model.plugins' keys and shapes.
+    one backbone's features; a file without a model type loads only into a model without one), and its tensors must match model.plugins' keys and shapes.
     """
     meta = read_plugin_metadata(path)
+    if model.model_type and not meta["model_type"]:
+        # such a file was saved from a model built without a model type: nothing says which
+        # backbone's features its plugins were trained on
+        raise CheckpointError(
+            f"plugin checkpoint {path!r} records no model type, the model is "
+            f"{model.model_type!r}; load it into a model built without model_type, or save it "
+            "again from a model built with one (build_stable_sam sets it)"
+        )
     if meta["model_type"] and model.model_type and meta["model_type"] != model.model_type:
         raise CheckpointError(
             f"plugin checkpoint {path!r} was trained for model type {meta['model_type']!r}, "

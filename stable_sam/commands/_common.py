@@ -3,7 +3,9 @@ parsing with validation, colour overlays and atomic PNG writes."""
 
 import argparse
 import os
+import stat
 import sys
+import tempfile
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -12,6 +14,24 @@ from . import CliError
 from ..prompting import Prompts
 
 from ..families import EMBEDDED_MODEL_TYPES, MODEL_TYPES, RANDOM_MODEL_TYPES  # noqa: F401
+
+# SAM's input size by model type where it is not the ViTs' 1024 (the prompts' coarse-mask logits
+# and the image-size check need it before a model is built)
+MODEL_IMAGE_SIZES = {"tiny": 256, "hq_tiny": 256, "demo": 256}
+
+
+def model_image_size(model_type: str) -> int:
+    return MODEL_IMAGE_SIZES.get(model_type, 1024)
+
+
+def check_family_installed(model_type: str) -> None:
+    """The model type's family can be built here (HQ-SAM needs the hq extra); checked right
+    after parsing, so no command writes, binds or loads anything for a model it cannot build."""
+    from ..families import family_of
+
+    missing = family_of(model_type).missing_dependency()
+    if missing is not None:
+        raise CliError(missing)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +83,7 @@ def check_model_arguments(args) -> None:
     SAM's weights (the plugin file is read and checked: it is small)."""
     from ..checkpoint import CheckpointError, check_plugin_file
 
+    check_family_installed(args.model_type)
     for flag, path in (
         ("--sam-checkpoint", args.sam_checkpoint),
         ("--plugin-checkpoint", args.plugin_checkpoint),
@@ -102,14 +123,22 @@ def build_model(args):
     return model.to(device).eval()
 
 
-def load_image(path: str) -> np.ndarray:
-    """RGB uint8 HxWx3, through the package's one image reader."""
+def load_image(path: str, model_type: Optional[str] = None) -> np.ndarray:
+    """RGB uint8 HxWx3, through the package's one image reader; with a model type, also
+    checked to fit that model's input (the predictor's own check, made before any model)."""
     from ..data.image_files import ImageReadError, read_rgb
+    from ..families.predictor_base import ImageSizeError, check_image_size
 
     try:
-        return read_rgb(path)
+        image = read_rgb(path)
     except (ImageReadError, FileNotFoundError) as exc:
         raise CliError(str(exc)) from None
+    if model_type is not None:
+        try:
+            check_image_size(image.shape[0], image.shape[1], model_image_size(model_type))
+        except ImageSizeError as exc:
+            raise CliError(f"{path}: {exc}") from None
+    return image
 
 
 def check_device(text: Optional[str]) -> None:
@@ -241,18 +270,50 @@ def write_png(path: str, array: np.ndarray) -> None:
     write_atomic(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
+def check_output_file(flag: str, path: str, overwrite: bool) -> None:
+    """An output file may replace only a regular file, and only with --overwrite: a FIFO, a
+    socket, a device (/dev/null) or a folder, or a link to one, is refused, since writing
+    atomically replaces the path itself. Its folder must exist and take a new file, checked by
+    creating and removing one (os.access says yes to root on a read-only filesystem)."""
+    if os.path.isdir(path):
+        raise CliError(f"{flag} {path!r} is a folder")
+    if os.path.lexists(path):
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:  # a dangling link, or a path we may not look at
+            raise CliError(f"{flag} {path!r} cannot be replaced: {exc.strerror or exc}") from None
+        if not stat.S_ISREG(mode):
+            raise CliError(f"{flag} {path!r} is not a regular file (a FIFO, socket or device); "
+                           "give a file path")
+        if not overwrite:
+            raise CliError(f"{flag} {path!r} exists; pass --overwrite to replace it")
+    check_writable_folder(flag, os.path.dirname(os.path.realpath(path)))
+
+
+def check_writable_folder(flag: str, folder: str) -> None:
+    """The nearest existing folder of `folder` (it is created later) takes a new file."""
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing) or "."
+    if not os.path.isdir(existing):
+        raise CliError(f"{flag}: {existing!r} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".stable-sam-write-check-")
+    except OSError as exc:
+        raise CliError(f"{flag}: folder {existing!r} is not writable "
+                       f"({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def output_paths(args, suffixes: Tuple[str, ...]) -> List[str]:
-    """OUT_DIR/STEM_SUFFIX.png for the image; checked (before any work) not to replace a file
-    unless --overwrite, and not to be a folder."""
+    """OUT_DIR/STEM_SUFFIX.png for the image; checked (before any work) by check_output_file."""
     if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
         raise CliError(f"--out-dir {args.out_dir!r} is a file, not a folder")
     stem = os.path.splitext(os.path.basename(args.image))[0]
     paths = [os.path.join(args.out_dir, f"{stem}_{suffix}.png") for suffix in suffixes]
     for path in paths:
-        if os.path.isdir(path):
-            raise CliError(f"output {path!r} is a folder")
-        if os.path.exists(path) and not args.overwrite:
-            raise CliError(f"output {path!r} exists; pass --overwrite to replace it")
+        check_output_file("output", path, args.overwrite)
     return paths
 
 

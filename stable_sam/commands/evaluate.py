@@ -13,7 +13,7 @@ import os
 import sys
 
 from . import CliError
-from ._common import add_model_arguments
+from ._common import add_model_arguments, model_image_size
 
 DATA_FORMS = ("hqseg DIR [DIR ...]", "hqseg44k-val ROOT", "coco IMAGE_DIR ANN_FILE")
 
@@ -89,13 +89,8 @@ def build_predictor(args):
     return base_predictor_for(model) if args.no_plugins else predictor_for(model)
 
 
-MODEL_IMAGE_SIZES = {"tiny": 256, "hq_tiny": 256}  # SAM's input size by --model-type; the ViTs take 1024
 MAX_PROMPTS_PER_IMAGE = 1000
 MAX_BATCH_SIZE = 4096
-
-
-def model_image_size(model_type: str) -> int:
-    return MODEL_IMAGE_SIZES.get(model_type, 1024)
 
 
 def frozen_prompts_for(datasets: list, args, default_kinds, rank: int,
@@ -154,6 +149,9 @@ def check_arguments(args) -> None:
     prompts_dir = os.path.dirname(os.path.abspath(args.prompts))
     if os.path.isdir(args.prompts):
         raise CliError(f"--prompts {args.prompts!r} is a folder; give a JSON file name")
+    if os.path.lexists(args.prompts) and not os.path.isfile(args.prompts):
+        raise CliError(f"--prompts {args.prompts!r} is not a regular file (a FIFO, socket or "
+                       "device); give a JSON file name")
     if os.path.exists(prompts_dir) and not os.path.isdir(prompts_dir):
         raise CliError(f"--prompts {args.prompts!r}: {prompts_dir} is a file, not a folder")
     for what, folder in (("--out", args.out), ("--prompts", prompts_dir)):

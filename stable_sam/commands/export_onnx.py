@@ -69,10 +69,7 @@ def _check_outputs(args) -> None:
         folder = os.path.dirname(real)
         if not os.path.isdir(folder):
             raise CliError(f"{flag} {path!r}: folder {folder!r} does not exist")
-        if os.path.isdir(real):
-            raise CliError(f"{flag} {path!r} is a folder")
-        if os.path.exists(real) and not args.overwrite:
-            raise CliError(f"{flag} {path!r} exists; pass --overwrite to replace it")
+        _common.check_output_file(flag, path, args.overwrite)
 
 
 def check_args(args) -> None:
@@ -93,6 +90,7 @@ def check_args(args) -> None:
     except (ValueError, RuntimeError) as exc:
         raise CliError(str(exc)) from None
     _check_outputs(args)
+    _common.check_model_arguments(args)
 
 
 def run(args) -> int:

@@ -28,7 +28,7 @@ def run(args) -> int:
 
     _common.check_model_arguments(args)
     mask_path, overlay_path = _common.output_paths(args, ("mask", "overlay"))
-    image = _common.load_image(args.image)
+    image = _common.load_image(args.image, args.model_type)
     prompts = _common.parse_prompts(args, image.shape)
     _common.prepare_out_dir(args.out_dir)
     model = _common.build_model(args)

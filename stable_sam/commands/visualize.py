@@ -80,7 +80,7 @@ def run(args) -> int:
         raise _common.CliError(f"--top-k must be >= 1, is {args.top_k}")
     _common.check_model_arguments(args)
     (path,) = _common.output_paths(args, ("sampling",))
-    image = _common.load_image(args.image)
+    image = _common.load_image(args.image, args.model_type)
     prompts = _common.parse_prompts(args, image.shape)
     _common.prepare_out_dir(args.out_dir)
     model = _common.build_model(args)

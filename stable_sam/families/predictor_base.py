@@ -8,6 +8,53 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from segment_anything import SamPredictor
+from segment_anything.utils.transforms import ResizeLongestSide
+
+
+class ImageSizeError(ValueError):
+    """An image the model cannot take: resized so its long side is the model's input size, its
+    short side would be under one pixel (e.g. 20000x20 for a 256 px model)."""
+
+
+def check_image_size(height: int, width: int, img_size: int) -> None:
+    """Raises ImageSizeError unless SAM's resize (long side -> img_size) keeps both sides >= 1
+    pixel; SAM itself fails inside its resize with "height and width must be > 0"."""
+    new_h, new_w = ResizeLongestSide.get_preprocess_shape(height, width, img_size)
+    if min(height, width, new_h, new_w) < 1:
+        ratio = max(height, width) / max(1, min(height, width))
+        raise ImageSizeError(
+            f"a {width}x{height} image is too elongated for this model: resized to its "
+            f"{img_size} px input it would be {new_w}x{new_h}; the long side may be at most "
+            f"{2 * img_size}x the short side (this one is {ratio:.0f}x); crop or pad it")
+
+
+def check_image_array(image: np.ndarray) -> None:
+    """What set_image needs beyond SAM's own assert: an HxWx3 array of uint8, or of floats in
+    0..1 (SAM scales floats by 255, so a float image in 0..255 would wrap to garbage)."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a numpy array (HxWx3 uint8), got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be HxWx3 (RGB or BGR), got shape {image.shape}")
+    if image.dtype == np.uint8:
+        return
+    if not np.issubdtype(image.dtype, np.floating):
+        raise ValueError(f"image must be uint8 (0..255) or floating point (0..1), is {image.dtype}")
+    if image.size and not np.isfinite(image).all():
+        raise ValueError("image holds NaN or infinite values")
+    if image.size and (image.min() < 0 or image.max() > 1):
+        raise ValueError(
+            f"a {image.dtype} image must be in 0..1 (SAM multiplies floats by 255); this one "
+            f"spans {image.min():g}..{image.max():g}: pass image.astype(np.uint8) for 0..255")
+
+
+def _check_finite(name: str, value) -> np.ndarray:
+    """value as an array (its dtype kept, so the coordinates transform exactly as in SAM);
+    ValueError for NaN or inf, which SAM turns into a NaN score and an empty mask."""
+    array = np.asarray(value)
+    if array.dtype.kind in "fc" and not np.isfinite(array).all():
+        shown = f": {array.tolist()}" if array.size <= 8 else ""
+        raise ValueError(f"{name} holds NaN or infinite values{shown}")
+    return array
 
 
 class PluginPredictor(SamPredictor):
@@ -23,7 +70,22 @@ class PluginPredictor(SamPredictor):
                 f"{type(self).__name__} needs a {self.model_class.__name__} model, got "
                 f"{type(sam_model).__name__}; {self.base_hint}"
             )
+        from . import family_of_model
+
+        family = family_of_model(sam_model)
+        own = family.load_adapter().PREDICTOR_CLASS
+        if not isinstance(self, own):  # e.g. StableHQSam subclasses StableSam
+            raise TypeError(
+                f"{type(self).__name__} cannot drive a {type(sam_model).__name__} (the "
+                f"{family.name} family); use {own.__name__}, or stable_sam.predictor_for(model)")
         super().__init__(sam_model)
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """SamPredictor.set_image, after check_image_array and check_image_size (ValueError /
+        ImageSizeError where SAM would compute garbage or fail inside its resize)."""
+        check_image_array(image)
+        check_image_size(image.shape[0], image.shape[1], self.model.image_encoder.img_size)
+        super().set_image(image, image_format)
 
     def _require_image(self) -> None:
         if not self.is_image_set:
@@ -35,13 +97,15 @@ class PluginPredictor(SamPredictor):
         if point_coords is not None:
             if point_labels is None:
                 raise ValueError("point_labels must be supplied if point_coords is supplied.")
-            coords = self.transform.apply_coords(np.asarray(point_coords), self.original_size)
+            point_coords = _check_finite("point_coords", point_coords)
+            coords = self.transform.apply_coords(point_coords, self.original_size)
             coords = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
             labels = torch.as_tensor(point_labels, dtype=torch.int, device=self.device)[None]
         if box is not None:
-            boxes = self.transform.apply_boxes(np.asarray(box), self.original_size)
+            boxes = self.transform.apply_boxes(_check_finite("box", box), self.original_size)
             boxes = torch.as_tensor(boxes, dtype=torch.float, device=self.device)[None]
         if mask_input is not None:
+            _check_finite("mask_input", mask_input)
             masks = torch.as_tensor(mask_input, dtype=torch.float, device=self.device)[None]
         return coords, labels, boxes, masks
 

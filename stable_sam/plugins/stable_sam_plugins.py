@@ -9,7 +9,7 @@ and values of that layer's token-to-image attention:
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -77,6 +77,18 @@ class PluginConfig:
             values[name] = value
         return cls(**values)
 
+    @classmethod
+    def of(cls, value: Union[None, "PluginConfig", Mapping[str, Any]]) -> "PluginConfig":
+        """A PluginConfig from None (the defaults), a PluginConfig, or a dict of its fields."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            return cls.from_dict(dict(value))
+        raise TypeError(f"plugin_config must be a PluginConfig, a dict of its fields or None, "
+                        f"got {type(value).__name__}")
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
@@ -93,9 +105,10 @@ class StableSamPlugins(nn.Module):
     starts as SAM.
     """
 
-    def __init__(self, config: Optional[PluginConfig] = None, *, op_backend: str = "auto") -> None:
+    def __init__(self, config: Union[None, PluginConfig, Mapping[str, Any]] = None, *,
+                 op_backend: str = "auto") -> None:
         super().__init__()
-        self.config = config if config is not None else PluginConfig()
+        self.config = PluginConfig.of(config)
         self.op_backend = op_backend  # stable_sam_ops backend; a runtime choice, not saved
         c = self.config
         self.dsp = DeformableSamplingPlugin(

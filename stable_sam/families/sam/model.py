@@ -22,7 +22,7 @@ class StableSam(nn.Module):
 
     Arguments:
       sam (Sam): a segment_anything SAM (any backbone; decoder width must be config.embed_dim).
-      plugin_config (PluginConfig or None): plugin hyper-parameters; None for the defaults.
+      plugin_config (PluginConfig, dict of its fields, or None): None for the defaults.
       model_type (str or None): registry name ("vit_b", ...), checked when plugins are loaded.
       op_backend (str): backend of stable_sam_ops.deformable_sample ("auto", "cpu", ...).
     """
@@ -36,7 +36,7 @@ class StableSam(nn.Module):
         op_backend: str = "auto",
     ) -> None:
         super().__init__()
-        config = plugin_config if plugin_config is not None else PluginConfig()
+        config = PluginConfig.of(plugin_config)  # None: the defaults; a dict: its fields
         transformer = sam.mask_decoder.transformer
         if len(transformer.layers) <= PLUGIN_LAYER:
             raise ValueError(
