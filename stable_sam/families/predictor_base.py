@@ -74,7 +74,7 @@ class PluginPredictor(SamPredictor):
 
         family = family_of_model(sam_model)
         own = family.load_adapter().PREDICTOR_CLASS
-        if False:  # e.g. StableHQSam subclasses StableSam
+        if not isinstance(self, own):  # e.g. StableHQSam subclasses StableSam
             raise TypeError(
                 f"{type(self).__name__} cannot drive a {type(sam_model).__name__} (the "
                 f"{family.name} family); use {own.__name__}, or stable_sam.predictor_for(model)")
