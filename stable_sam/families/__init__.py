@@ -61,6 +61,10 @@ FAMILIES: Tuple[Family, ...] = (
     Family("hq", ("hq_vit_b", "hq_vit_l", "hq_vit_h", "hq_vit_tiny", "hq_tiny"),
            random_model_types=("hq_tiny",), requires=("segment_anything_hq", "timm"),
            extra="hq"),
+    Family("sam2", ("sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus",
+                    "sam2.1_hiera_large", "sam2_tiny_random"),
+           random_model_types=("sam2_tiny_random",), requires=("sam2", "hydra", "iopath"),
+           extra="sam2"),
 )
 
 MODEL_TYPES: Tuple[str, ...] = tuple(t for f in FAMILIES for t in f.model_types)

@@ -104,6 +104,7 @@ def block_forward(
     keys_fn: Optional[KeysFn] = None,
     record: Optional[Dict[str, Tensor]] = None,
     record_token: int = 0,
+    module_attention: bool = False,
 ) -> Tuple[Tensor, Tensor]:
     """TwoWayAttentionBlock.forward with the token-to-image keys/values from keys_fn.
 
@@ -115,6 +116,10 @@ def block_forward(
 
     keys may be one image's tokens (1, HW, C) for the N prompts of queries (N, T, C) (layer 0
     without keys_fn): its projections are then computed once, not once per prompt.
+
+    module_attention calls the block's cross-attention modules themselves, the image repeated
+    per prompt as a view: SAM 2's run F.scaled_dot_product_attention, whose rounding the
+    hand-written attention here does not reproduce, so its decoder stays SAM 2's bit for bit.
     """
     if block.skip_first_layer_pe:
         queries = block.self_attn(q=queries, k=queries, v=queries)
@@ -126,10 +131,12 @@ def block_forward(
     values = keys if keys_fn is None else keys_fn(keys, queries)
     q = queries + query_pe
     k = values + key_pe
-    if values.shape[0] == 1:
+    n = q.shape[0]
+    if values.shape[0] == 1 and not module_attention:
         attn_out = token_to_shared_image_attention(block.cross_attn_token_to_image, q, k, values)
     else:
-        attn_out = block.cross_attn_token_to_image(q=q, k=k, v=values)
+        attn_out = block.cross_attn_token_to_image(q=q, k=k.expand(n, -1, -1),
+                                                   v=values.expand(n, -1, -1))
     queries = block.norm2(queries + attn_out)
     if record is not None:
         t_o = slice(record_token, record_token + 1)
@@ -140,7 +147,10 @@ def block_forward(
 
     q = queries + query_pe
     k = k if values is keys else keys + key_pe
-    attn_out = image_to_token_attention(block.cross_attn_image_to_token, k, q, queries)
+    if module_attention:
+        attn_out = block.cross_attn_image_to_token(q=k.expand(n, -1, -1), k=q, v=queries)
+    else:
+        attn_out = image_to_token_attention(block.cross_attn_image_to_token, k, q, queries)
     keys = block.norm4(keys + attn_out)
     return queries, keys
 
@@ -153,9 +163,10 @@ def transformer_forward(
     keys_fn: Optional[KeysFn] = None,
     record: Optional[Dict[str, Tensor]] = None,
     record_token: int = 0,
+    module_attention: bool = False,
 ) -> Tuple[Tensor, Tensor]:
     """TwoWayTransformer.forward, every block through `block_forward` (keys_fn and record at
-    layers[PLUGIN_LAYER] only).
+    layers[PLUGIN_LAYER] only; module_attention as there).
 
     image_embedding (1 or N, C, H, W); image_pe (1 or N, C, H, W), broadcast rather than
     repeated. One image embedding is shared by the N prompts of point_embedding (N, T, C) up to
@@ -177,6 +188,7 @@ def transformer_forward(
             keys_fn if site else None,
             record if site else None,
             record_token,
+            module_attention,
         )
     q = queries + point_embedding
     k = keys + key_pe
