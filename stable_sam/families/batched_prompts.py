@@ -9,15 +9,18 @@ encoder and the decoder together: one decoder call per structure, a single one w
 has boxes only. Structures are not mixed in one call: they differ in their number of sparse
 tokens, and padding them with "not a point" tokens would change the masks (SAM attends to them).
 
-What differs between families (which tensors the decoder reads per image, how it is called, how
-many masks it returns) is a family's `batched` module, found through the registry
-(`stable_sam.families.family_of_model`); the grouping, the pairing with image rows and the
-split back into images are here.
+What differs between families (which tensors the decoder reads per image, how prompts enter
+the input frame and the prompt encoder, how the decoder is called, how masks return to the
+image) is the `BATCHING` object of a family's `batched` module, found through the registry
+(`stable_sam.families.family_of_model`); SamStyleBatching below serves the families built on
+segment_anything's SamPredictor. The grouping, the pairing with image rows and the split back
+into images are here, shared by all.
 """
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -226,57 +229,100 @@ def select_rows(tensors: Dict[str, Tensor], rows: Tensor) -> Dict[str, Tensor]:
     return {name: t.index_select(0, rows) for name, t in tensors.items()}
 
 
-# -- the SAM-style predictors (segment_anything's SamPredictor: SAM, the demo model, HQ-SAM) ------
+# -- the predictor-level call, shared by every family ------------------------------------------
 
-@torch.no_grad()
-def embed_images(predictor, images: Sequence[np.ndarray], image_format: str = "RGB",
-                 check_image: Optional[Callable[[np.ndarray], None]] = None) -> EmbeddedImages:
-    """SamPredictor.set_image's steps for several images, the encoder run once on all of them
-    (each resized so its long side is the input size, then padded: every image gives one
-    equally shaped input). The predictor's own image, if one is set, is kept."""
-    if image_format not in ("RGB", "BGR"):
-        raise ValueError(f"image_format must be in ['RGB', 'BGR'], is {image_format}.")
-    if len(images) == 0:
-        raise ValueError("embed_images needs at least one image")
-    model = predictor.model
-    inputs, input_sizes, original_sizes = [], [], []
-    for image in images:
-        if check_image is not None:
-            check_image(image)
-        if image_format != model.image_format:
-            image = image[..., ::-1]
-        resized = predictor.transform.apply_image(image)
-        tensor = torch.as_tensor(resized, device=predictor.device).permute(2, 0, 1).contiguous()
-        inputs.append(model.preprocess(tensor[None]))
-        input_sizes.append(tuple(resized.shape[:2]))
-        original_sizes.append(tuple(image.shape[:2]))
-    encoded = model.image_encoder(torch.cat(inputs))
-    tensors = family_batching(model).encoder_tensors(encoded)
-    return EmbeddedImages(tensors, input_sizes, original_sizes)
+class SamStyleBatching:
+    """A family part for predictors built on segment_anything's SamPredictor (SAM, the demo
+    model, HQ-SAM): prompts through `predictor.transform`, masks through the model's
+    postprocess_masks. Subclasses say which tensors the decoder reads and how it is called."""
+
+    @staticmethod
+    def encoder_tensors(encoded) -> Dict[str, Tensor]:
+        """The decoder's per-image inputs from the image encoder's output on B images."""
+        raise NotImplementedError
+
+    @staticmethod
+    def predictor_tensors(predictor) -> Dict[str, Tensor]:
+        """The same, from a predictor after set_image (batch 1)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def decode(model, tensors: Dict[str, Tensor], image_pe: Tensor, sparse: Tensor,
+               dense: Tensor, multimask_output: bool, *, use_plugins: bool, **options):
+        raise NotImplementedError
+
+    @staticmethod
+    def masks_per_prompt(multimask_output: bool, **options) -> int:
+        return 3 if multimask_output else 1
+
+    @staticmethod
+    def prompt_tensors(predictor, prompts: ImagePrompts, original_size) -> PromptTensors:
+        """Checked numpy prompts in image pixels -> tensors in the model's input frame."""
+        transform, device = predictor.transform, predictor.device
+        out = PromptTensors()
+        if prompts.point_coords is not None:
+            coords = transform.apply_coords(prompts.point_coords, original_size)
+            out.point_coords = torch.as_tensor(coords, dtype=torch.float, device=device)
+            out.point_labels = torch.as_tensor(prompts.point_labels, dtype=torch.int,
+                                               device=device)
+        if prompts.boxes is not None:
+            boxes = transform.apply_boxes(prompts.boxes, original_size)
+            out.boxes = torch.as_tensor(boxes, dtype=torch.float, device=device)
+        if prompts.mask_input is not None:
+            out.mask_input = torch.as_tensor(prompts.mask_input, dtype=torch.float,
+                                             device=device)
+        return out
+
+    @staticmethod
+    def encode(model, prompts: PromptTensors) -> Tuple[Tensor, Tensor]:
+        points = None if prompts.point_coords is None else (prompts.point_coords,
+                                                              prompts.point_labels)
+        return model.prompt_encoder(points=points, boxes=prompts.boxes, masks=prompts.mask_input)
+
+    @staticmethod
+    def postprocess(predictor, low_res: Tensor, input_size, original_size,
+                    return_logits: bool) -> Tuple[Tensor, Tensor]:
+        """(masks at the original size, low-res logits as predict returns them)."""
+        model = predictor.model
+        masks = model.postprocess_masks(low_res, input_size, original_size)
+        return (masks if return_logits else masks > model.mask_threshold), low_res
+
+    @torch.no_grad()
+    def embed_images(self, predictor, images: Sequence[np.ndarray], image_format: str = "RGB",
+                     check_image: Optional[Callable[[np.ndarray], None]] = None
+                     ) -> EmbeddedImages:
+        """SamPredictor.set_image's steps for several images, the encoder run once on all of
+        them (each resized so its long side is the input size, then padded: every image gives
+        one equally shaped input). The predictor's own image, if one is set, is kept."""
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be in ['RGB', 'BGR'], is {image_format}.")
+        if len(images) == 0:
+            raise ValueError("embed_images needs at least one image")
+        model = predictor.model
+        inputs, input_sizes, original_sizes = [], [], []
+        for image in images:
+            if check_image is not None:
+                check_image(image)
+            if image_format != model.image_format:
+                image = image[..., ::-1]
+            resized = predictor.transform.apply_image(image)
+            tensor = torch.as_tensor(resized, device=predictor.device).permute(2, 0, 1)
+            inputs.append(model.preprocess(tensor.contiguous()[None]))
+            input_sizes.append(tuple(resized.shape[:2]))
+            original_sizes.append(tuple(image.shape[:2]))
+        encoded = model.image_encoder(torch.cat(inputs))
+        return EmbeddedImages(self.encoder_tensors(encoded), input_sizes, original_sizes)
+
+    def predictor_image(self, predictor) -> EmbeddedImages:
+        predictor._require_image()
+        return EmbeddedImages(self.predictor_tensors(predictor), [tuple(predictor.input_size)],
+                              [tuple(predictor.original_size)])
 
 
 def predictor_image(predictor) -> EmbeddedImages:
-    """The image a SAM-style predictor holds after set_image, as a one-image EmbeddedImages
-    (join several with EmbeddedImages.cat)."""
-    predictor._require_image()
-    tensors = family_batching(predictor.model).predictor_tensors(predictor)
-    return EmbeddedImages(tensors, [tuple(predictor.input_size)],
-                          [tuple(predictor.original_size)])
-
-
-def _prompt_tensors(predictor, prompts: ImagePrompts, original_size) -> PromptTensors:
-    transform, device = predictor.transform, predictor.device
-    out = PromptTensors()
-    if prompts.point_coords is not None:
-        coords = transform.apply_coords(prompts.point_coords, original_size)
-        out.point_coords = torch.as_tensor(coords, dtype=torch.float, device=device)
-        out.point_labels = torch.as_tensor(prompts.point_labels, dtype=torch.int, device=device)
-    if prompts.boxes is not None:
-        boxes = transform.apply_boxes(prompts.boxes, original_size)
-        out.boxes = torch.as_tensor(boxes, dtype=torch.float, device=device)
-    if prompts.mask_input is not None:
-        out.mask_input = torch.as_tensor(prompts.mask_input, dtype=torch.float, device=device)
-    return out
+    """The image(s) a predictor holds after set_image (SAM 2: or set_image_batch), as an
+    EmbeddedImages (join several with EmbeddedImages.cat)."""
+    return family_batching(predictor.model).predictor_image(predictor)
 
 
 @torch.no_grad()
@@ -288,36 +334,38 @@ def predict_across_images(
     return_logits: bool = False,
     *,
     use_plugins: bool = True,
+    prompt_options: Optional[Dict] = None,
     **decode_options,
 ) -> Tuple[List[np.ndarray], List[np.ndarray], List[np.ndarray]]:
-    """Masks for every image's prompts; see PluginPredictor.predict_across_images."""
+    """Masks for every image's prompts, one prompt-encoder and one decoder call per prompt
+    structure; see PluginPredictor.predict_across_images. prompt_options go to the family's
+    prompt_tensors (SAM 2: normalize_coords), decode_options to its decode (HQ: hq_token_only)."""
+    if not isinstance(images, EmbeddedImages):
+        raise TypeError(f"images must be EmbeddedImages (from embed_images), "
+                        f"got {type(images).__name__}")
     if len(prompts) != len(images):
         raise ValueError(f"{len(images)} images but prompts for {len(prompts)}")
     model = predictor.model
     batching = family_batching(model)
-    checked = [p.checked(i) for i, p in enumerate(prompts)]
-    tensors = [_prompt_tensors(predictor, p, images.original_sizes[i])
-               for i, p in enumerate(checked)]
+    tensors = [batching.prompt_tensors(predictor, p.checked(i), images.original_sizes[i],
+                                       **(prompt_options or {}))
+               for i, p in enumerate(prompts)]
     image_pe = model.prompt_encoder.get_dense_pe()
-    h, w = images.tensors["image_embeddings"].shape[-2:]
-    m = batching.masks_per_prompt(multimask_output, **decode_options)
     like = images.tensors["image_embeddings"]
+    h, w = like.shape[-2:]
+    m = batching.masks_per_prompt(multimask_output, **decode_options)
     empty = (like.new_zeros(0, m, 4 * h, 4 * w), like.new_zeros(0, m))
-
-    def encode(p: PromptTensors):
-        points = None if p.point_coords is None else (p.point_coords, p.point_labels)
-        return model.prompt_encoder(points=points, boxes=p.boxes, masks=p.mask_input)
 
     def decode(rows: Tensor, sparse: Tensor, dense: Tensor):
         return batching.decode(model, select_rows(images.tensors, rows), image_pe, sparse, dense,
                                multimask_output, use_plugins=use_plugins, **decode_options)
 
-    decoded = decode_across_images(tensors, encode, decode, empty)
+    decoded = decode_across_images(tensors, partial(batching.encode, model), decode, empty)
     masks, scores, low_res = [], [], []
     for i, (lr, sc) in enumerate(decoded):
-        full = model.postprocess_masks(lr, images.input_sizes[i], images.original_sizes[i])
-        full = full if return_logits else full > model.mask_threshold
+        full, lr = batching.postprocess(predictor, lr, images.input_sizes[i],
+                                        images.original_sizes[i], return_logits)
         masks.append(full.cpu().numpy())
-        scores.append(sc.cpu().numpy())
-        low_res.append(lr.cpu().numpy())
+        scores.append(sc.float().cpu().numpy())
+        low_res.append(lr.float().cpu().numpy())
     return masks, scores, low_res

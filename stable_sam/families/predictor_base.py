@@ -146,7 +146,8 @@ class PluginPredictor(SamPredictor):
             check_image_array(image)
             check_image_size(image.shape[0], image.shape[1], self.model.image_encoder.img_size)
 
-        return batched_prompts.embed_images(self, images, image_format, check_image=check)
+        return batched_prompts.family_batching(self.model).embed_images(
+            self, images, image_format, check_image=check)
 
     def predict_across_images(self, images, prompts, multimask_output: bool = True,
                               return_logits: bool = False, *, use_plugins: bool = True,

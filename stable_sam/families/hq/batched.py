@@ -5,8 +5,10 @@ from typing import Dict, Sequence, Tuple
 
 from torch import Tensor
 
+from ..batched_prompts import SamStyleBatching
 
-class HQSamBatching:
+
+class HQSamBatching(SamStyleBatching):
     @staticmethod
     def encoder_tensors(encoded: Tuple[Tensor, Sequence[Tensor]]) -> Dict[str, Tensor]:
         """The decoder's per-image inputs from the image encoder's (embeddings (B, C, h, w),

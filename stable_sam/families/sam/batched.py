@@ -4,8 +4,10 @@ from typing import Dict
 
 from torch import Tensor
 
+from ..batched_prompts import SamStyleBatching
 
-class SamBatching:
+
+class SamBatching(SamStyleBatching):
     @staticmethod
     def encoder_tensors(encoded: Tensor) -> Dict[str, Tensor]:
         """The decoder's per-image inputs from the image encoder's output (B, C, h, w)."""
@@ -22,10 +24,6 @@ class SamBatching:
         """StableSam.decode with each prompt's own image row (or one row shared by all)."""
         return model.decode(tensors["image_embeddings"], image_pe, sparse, dense,
                             multimask_output, use_plugins=use_plugins)
-
-    @staticmethod
-    def masks_per_prompt(multimask_output: bool) -> int:
-        return 3 if multimask_output else 1
 
 
 BATCHING = SamBatching()
