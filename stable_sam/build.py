@@ -39,7 +39,6 @@ def build_stable_sam(
 
     Returns the family's model class: StableSam (SAM, demo) or StableHQSam (HQ-SAM).
     """
-    plugin_config = None if plugin_config is None else PluginConfig.of(plugin_config)
     family = family_of(model_type)
     missing = family.missing_dependency()
     if missing is not None:

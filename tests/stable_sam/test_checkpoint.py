@@ -253,3 +253,31 @@ class TestSamCheckpoint:
     def test_unknown_model_type(self):
         with pytest.raises(ValueError, match="model_type must be one of .*is 'vit_x'"):
             build_stable_sam("vit_x")
+
+
+def test_file_without_model_type_loads_only_into_a_model_without_one(saved):
+    # such a file comes from a model built without model_type: its backbone is unknown
+    from stable_sam import StableSam
+
+    model, path = saved
+    _rewrite(path, model_type="")
+    with pytest.raises(CheckpointError, match="records no model type, the model is 'tiny'"):
+        load_plugins(tiny_model(), path)
+    untyped = StableSam(build_tiny_sam())
+    load_plugins(untyped, path)
+    for key, value in model.plugins.state_dict().items():
+        assert torch.equal(untyped.plugins.state_dict()[key], value)
+
+
+def test_plugin_config_may_be_a_dict(saved):
+    from stable_sam import StableSam
+
+    config = {"num_groups": 4, "use_routing": False}
+    built = build_stable_sam("tiny", plugin_config=config)
+    direct = StableSam(build_tiny_sam(), config)
+    assert built.plugins.config == direct.plugins.config == PluginConfig(**config)
+    assert built.plugins.drp is None
+    with pytest.raises(TypeError, match="PluginConfig.num_groups must be int"):
+        build_stable_sam("tiny", plugin_config={"num_groups": "4"})
+    with pytest.raises(TypeError, match="plugin_config must be a PluginConfig, a dict"):
+        build_stable_sam("tiny", plugin_config=[("num_groups", 4)])

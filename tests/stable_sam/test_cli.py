@@ -211,3 +211,56 @@ def test_console_entry_point_runs():
     )
     assert result.returncode == 0, result.stderr
     assert "segment" in result.stdout and "visualize" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["segment", "visualize"])
+@pytest.mark.parametrize("size", [(3000, 2), (20, 20000)], ids=["3000x2", "20x20000"])
+def test_too_elongated_image_is_one_line_before_the_model(tmp_path, capsys, monkeypatch,
+                                                          command, size):
+    from stable_sam.commands import _common
+
+    def fail(args):
+        raise AssertionError("the model was built before the image was checked")
+
+    monkeypatch.setattr(_common, "build_model", fail)
+    path = tmp_path / "strip.png"
+    Image.fromarray(np.full(size[::-1], 128, np.uint8)).save(path)
+    rc = cli.main([command, str(path), "--box", "0", "0", "2", "2", *TINY,
+                   "--out-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"stable-sam {command}: error: {path}: a {size[0]}x{size[1]} image is "
+                          "too elongated for this model"), err
+    assert "the long side may be at most 512x the short side" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_segment_takes_the_most_elongated_image_the_model_can(tmp_path):
+    # 512x1 resizes to 256x1 for the 256 px tiny model: the limit, still accepted
+    path = tmp_path / "strip.png"
+    Image.fromarray(np.full((1, 512, 3), 200, np.uint8)).save(path)
+    rc = cli.main(["segment", str(path), "--box", "0", "0", "512", "1", *TINY,
+                   "--out-dir", str(tmp_path)])
+    assert rc == 0 and _png(tmp_path / "strip_mask.png").shape == (1, 512)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link-to-fifo", "device"])
+def test_overwrite_replaces_only_a_regular_file(image_path, tmp_path, capsys, kind):
+    out = tmp_path / "out"
+    out.mkdir()
+    mask = out / "scene_mask.png"
+    if kind == "fifo":
+        os.mkfifo(mask)
+    elif kind == "link-to-fifo":
+        os.mkfifo(tmp_path / "pipe")
+        os.symlink(tmp_path / "pipe", mask)
+    else:
+        os.symlink("/dev/null", mask)
+    before = os.lstat(mask)
+    rc = cli.main(["segment", image_path, "--box", "60", "45", "180", "135", *TINY,
+                   "--out-dir", str(out), "--overwrite"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is not a regular file" in err and err.count("\n") == 1, err
+    after = os.lstat(mask)
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+    assert sorted(os.listdir(out)) == ["scene_mask.png"]  # no overlay written either

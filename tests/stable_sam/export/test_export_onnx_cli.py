@@ -165,3 +165,53 @@ def test_missing_onnx_extra(no_model, tmp_path, capsys, monkeypatch):
     )
     err = _error(["--output", str(tmp_path / "d.onnx")], capsys)
     assert "missing onnxscript: install the onnx extra" in err
+
+
+def _fifo(folder):
+    path = folder / "pipe.onnx"
+    os.mkfifo(path)
+    return path
+
+
+def _socket(folder):
+    import socket
+
+    path = folder / "sock.onnx"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    sock.close()  # the socket file stays
+    return path
+
+
+def _link_to_fifo(folder):
+    os.symlink(_fifo(folder), folder / "link.onnx")
+    return folder / "link.onnx"
+
+
+@pytest.mark.parametrize("make", [_fifo, _socket, _link_to_fifo, lambda folder: "/dev/null"],
+                         ids=["fifo", "socket", "link-to-fifo", "device"])
+@pytest.mark.parametrize("flag", ["--output", "--encoder-output", "--quantize-out"])
+def test_overwrite_replaces_only_a_regular_file(no_model, tmp_path, capsys, make, flag):
+    target = make(tmp_path)
+    before = os.lstat(target)
+    argv = ["--output", str(tmp_path / "d.onnx")] if flag != "--output" else []
+    err = _error([*argv, flag, str(target), "--overwrite"], capsys)
+    assert "is not a regular file" in err
+    after = os.lstat(target)
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+
+
+def test_unwritable_folder_is_found_before_the_model(no_model, tmp_path, capsys, monkeypatch):
+    # refused by the filesystem, not by permission bits (os.access says yes to root)
+    import tempfile
+
+    real_mkstemp = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):
+        if dir is not None and os.path.samefile(dir, tmp_path):
+            raise OSError(30, "Read-only file system")
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    err = _error(["--output", str(tmp_path / "d.onnx")], capsys)
+    assert f"folder '{tmp_path}' is not writable (Read-only file system)" in err

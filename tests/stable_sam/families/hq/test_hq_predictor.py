@@ -121,3 +121,17 @@ def test_automatic_masks_at_init_are_hq_sams(image, hq):
     for a, b in zip(ours, theirs):
         assert np.array_equal(a["segmentation"], b["segmentation"])
         assert a["predicted_iou"] == pytest.approx(b["predicted_iou"], abs=TOL)
+
+
+def test_checks_beyond_hq_sams_predictor(predictors, image):
+    # the shared base's checks hold for HQ-SAM's predictor too (set_image and predict)
+    from stable_sam.families.predictor_base import ImageSizeError
+
+    ours, _ = predictors
+    fresh = StableHQSamPredictor(ours.model)
+    with pytest.raises(ImageSizeError, match="a 3000x2 image is too elongated"):
+        fresh.set_image(np.zeros((2, 3000, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"float64 image must be in 0\.\.1"):
+        fresh.set_image(image.astype(np.float64))
+    with pytest.raises(ValueError, match="box holds NaN or infinite values"):
+        ours.predict(box=np.array([np.nan, 40.0, 190.0, 150.0]))

@@ -116,3 +116,68 @@ def test_automatic_mask_generator(predictors, image):
     assert plain and sorted(r["predicted_iou"] for r in plain) != sorted(
         r["predicted_iou"] for r in records
     )
+
+
+# -- the checks the predictor makes beyond SamPredictor's (README: "What the predictors check") --
+
+def test_float_image_in_0_to_1_is_sams_and_in_0_to_255_is_refused(predictors, image):
+    _, stable = predictors
+    fresh = StableSamPredictor(stable.model)
+    fresh.set_image(image.astype(np.float64) / 255)  # SAM's own convention for floats: 0..1
+    reference = SamPredictor(stable.model.sam)
+    reference.set_image(image.astype(np.float64) / 255)
+    torch.testing.assert_close(fresh.get_image_embedding(), reference.get_image_embedding())
+    with pytest.raises(ValueError, match=r"float64 image must be in 0\.\.1 .* spans 0\.\.220.*"
+                                         r"image\.astype\(np\.uint8\)"):
+        fresh.set_image(image.astype(np.float64))
+    with pytest.raises(ValueError, match="image holds NaN"):
+        fresh.set_image(np.full(image.shape, np.nan))
+    with pytest.raises(ValueError, match=r"uint8 \(0\.\.255\) or floating point \(0\.\.1\), "
+                                         "is int64"):
+        fresh.set_image(image.astype(np.int64))
+    with pytest.raises(ValueError, match=r"HxWx3 .*shape \(180, 240\)"):
+        fresh.set_image(image[..., 0])
+    # the refused images left the embedding of the accepted one in place
+    torch.testing.assert_close(fresh.get_image_embedding(), reference.get_image_embedding())
+
+
+@pytest.mark.parametrize("prompt, name", [
+    (dict(box=np.array([50.0, np.nan, 190.0, 150.0])), "box"),
+    (dict(box=np.array([50.0, 40.0, np.inf, 150.0])), "box"),
+    (dict(point_coords=np.array([[np.nan, 90.0]]), point_labels=np.array([1])), "point_coords"),
+    (dict(box=BOX, mask_input=np.full((1, 64, 64), np.nan, np.float32)), "mask_input"),
+])
+def test_non_finite_prompts_are_refused(predictors, prompt, name):
+    # SamPredictor answers them with a NaN score and an empty mask
+    _, stable = predictors
+    with pytest.raises(ValueError, match=f"{name} holds NaN or infinite values"):
+        stable.predict(**prompt)
+
+
+@pytest.mark.parametrize("shape, accepted", [((2, 3000), False), ((20000, 20), False),
+                                             ((1, 512), True), ((1, 513), False)])
+def test_too_elongated_image_is_refused_at_set_image(predictors, shape, accepted):
+    from stable_sam.families.predictor_base import ImageSizeError
+
+    _, stable = predictors
+    fresh = StableSamPredictor(stable.model)  # img_size 256
+    image = np.full((*shape, 3), 100, np.uint8)
+    if accepted:
+        fresh.set_image(image)
+        masks, _, _ = fresh.predict(box=np.array([0.0, 0.0, shape[1], shape[0]]))
+        assert masks.shape[1:] == shape
+        return
+    with pytest.raises(ImageSizeError, match=rf"a {shape[1]}x{shape[0]} image is too elongated "
+                                             "for this model"):
+        fresh.set_image(image)
+    assert not fresh.is_image_set
+
+
+def test_refuses_a_model_of_another_family():
+    # StableHQSam subclasses StableSam, so the class check alone lets it through
+    pytest.importorskip("segment_anything_hq")
+    from stable_sam import build_stable_sam
+
+    with pytest.raises(TypeError, match="StableSamPredictor cannot drive a StableHQSam \\(the hq "
+                                        "family\\); use StableHQSamPredictor"):
+        StableSamPredictor(build_stable_sam("hq_tiny"))
