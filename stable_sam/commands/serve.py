@@ -5,6 +5,7 @@ is a one-line error at once, not after the model has loaded.
 """
 
 import argparse
+import ipaddress
 import sys
 
 from . import CliError, _common
@@ -53,8 +54,31 @@ def _check(args) -> None:
         raise CliError(f"--max-in-flight must be >= 1, is {args.max_in_flight}")
 
 
+def _image_pixel_limit() -> int:
+    """STABLE_SAM_MAX_IMAGE_PIXELS, checked now: a malformed value would otherwise start the
+    server and then fail every upload."""
+    from ..data.image_files import ImageReadError, max_image_pixels
+
+    try:
+        return max_image_pixels()
+    except ImageReadError as exc:
+        raise CliError(str(exc)) from None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is this machine only: localhost or any loopback address (127.0.0.0/8,
+    ::1), which other machines cannot reach."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def run(args) -> int:
     _check(args)
+    reader_limit = _image_pixel_limit()
     _common.check_model_arguments(args)
     try:
         from ..serve.app import create_app
@@ -72,14 +96,15 @@ def run(args) -> int:
     with sock:
         model = _common.build_model(args)
         session = DemoSession(model, cache_size=args.cache_images)
+        # The image reader's own limit (STABLE_SAM_MAX_IMAGE_PIXELS) holds for uploads too.
         limits = {"max_upload_bytes": args.max_upload_mb * 1024 * 1024,
-                  "max_upload_pixels": args.max_pixels or MAX_UPLOAD_PIXELS}
+                  "max_upload_pixels": min(args.max_pixels or MAX_UPLOAD_PIXELS, reader_limit)}
         if args.max_in_flight is not None:
             limits["max_in_flight"] = args.max_in_flight
         app = create_app(session, model_name=args.model_type, **limits)
         print(f"stable-sam serve: {args.model_type} model on {session.device}; open "
               f"{url_of(sock)}  (Ctrl+C stops)", flush=True)
-        if args.host not in ("127.0.0.1", "localhost", "::1"):
+        if not is_loopback(args.host):
             print(f"WARNING: listening on {args.host}: other machines can reach this page",
                   file=sys.stderr)
         serve_forever(app, sock)

@@ -8,60 +8,53 @@
     POST /api/predict            {image_id, box?, points?} -> both models' masks
     POST /api/shake              {image_id, box, seed?} -> 20 noisy boxes, both models' masks, mSF
 
-Every refusal is a JSON {"error": message} with a 4xx status, which the page shows as it is.
-The model runs one request at a time; at most `max_in_flight` POSTs are accepted at once (the
-others get 429 at once instead of queueing without bound), so a burst cannot pile up work.
+Every answer that is not a success is a JSON {"error": message} with its status (the app's own
+refusals, the framework's 404/405/422 and an unexpected failure's 500 alike), which the page
+shows as it is. Before a request reaches a route it passes the guards (stable_sam.serve.guards):
+only this server's own page is answered (Host and Origin), a POST must be JSON (or image bytes
+for an upload) of at most its route's size, read in full before it takes one of the
+`max_in_flight` slots (the others get 429 at once), and the server closes a connection whose
+request has not arrived within its deadline (stable_sam.serve.server). The model runs one
+request at a time.
 """
 from __future__ import annotations
 
 import json
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from ..reproduction.pipeline import NUM_TEST_SCENES
 from .encoding import png_bytes
-from .prompts import PromptError
+from .guards import BodyRule, BodyRules, InFlightLimit, SameOriginOnly
+from .prompts import PromptError, shown
 from .session import (SHAKE_BOXES, SHAKE_NOISE_SCALE, DemoSession, UnknownImageError,
                       scene_image)
 from .uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, UploadError, decode_image
 
 MAX_IN_FLIGHT = 4
+# A prompt is an image id, a box and at most 64 clicks: a few KB. The limit bounds the work of
+# parsing what a client sends (JSON is parsed whole, in memory) to well under a millisecond.
+MAX_JSON_BYTES = 64 * 1024
+# Types a browser sends cross-site only after asking (a CORS preflight, which this server never
+# approves): a page of another site cannot post here. text/plain, forms and multipart it could.
+JSON_TYPES = ("application/json",)
+UPLOAD_TYPES = ("application/octet-stream", "image/*")
 
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-class InFlightLimit:
-    """ASGI middleware: answers 429 to a POST when `limit` POSTs are already being served."""
-
-    def __init__(self, app, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-        self.in_flight = 0  # touched only on the event loop's thread
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        if self.in_flight >= self.limit:
-            busy = _error(429, f"the server is busy ({self.in_flight} requests in progress): "
-                               "try again in a moment")
-            await busy(scope, receive, send)
-            return
-        self.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.in_flight -= 1
-
-
 async def _json_body(request: Request) -> dict:
     try:
         body = json.loads(await request.body())
+    except RecursionError:
+        raise PromptError("the request body is JSON nested too deeply") from None
     except (ValueError, UnicodeDecodeError):
         raise PromptError("the request body is not JSON") from None
     if not isinstance(body, dict):
@@ -69,37 +62,23 @@ async def _json_body(request: Request) -> dict:
     return body
 
 
-class UploadTooLarge(UploadError):
-    """An upload over the byte limit (answered 413)."""
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    """The request body, refused as soon as it passes `limit` bytes (no more is read)."""
-    declared = request.headers.get("content-length")
-    limit_text = f"{round(limit / 1024)} KiB" if limit < 2**20 else f"{limit / 2**20:.1f} MiB"
-    too_big = f"the upload is over the server's limit of {limit_text}"
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise UploadTooLarge(too_big)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise UploadTooLarge(too_big)
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = " ".join(str(part) for part in error.get("loc", ()))
+        parts.append(f"{where}: {error.get('msg', 'invalid')}"
+                     + (f", got {shown(error['input'])}" if "input" in error else ""))
+    return "; ".join(parts) or "the request is not valid"
 
 
 def create_app(session: DemoSession, *, model_name: str = "demo",
                max_upload_bytes: int = MAX_UPLOAD_BYTES,
                max_upload_pixels: int = MAX_UPLOAD_PIXELS,
                max_in_flight: int = MAX_IN_FLIGHT, num_scenes: int = NUM_TEST_SCENES):
-    """The ASGI app serving `session` (wrapped in the in-flight limit)."""
+    """The ASGI app serving `session`, behind the guards (outermost first: same origin only,
+    body rules, the in-flight limit)."""
     app = FastAPI(title="Stable-SAM demo", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(packages=[("stable_sam.serve", "static")]), name="static")
-
-    @app.exception_handler(UploadTooLarge)
-    async def _too_large(request, exc):
-        return _error(413, str(exc))
 
     @app.exception_handler(UploadError)
     @app.exception_handler(PromptError)
@@ -109,6 +88,23 @@ def create_app(session: DemoSession, *, model_name: str = "demo",
     @app.exception_handler(UnknownImageError)
     async def _unknown_image(request, exc):
         return _error(404, str(exc))
+
+    # The framework's own refusals (no such route, wrong method, a path parameter of the wrong
+    # type) and an unexpected failure in the app's shape, so the page can show the message.
+    @app.exception_handler(HTTPException)
+    async def _framework_refusal(request, exc):
+        message = {404: f"there is no {request.url.path} on this server",
+                   405: f"{request.url.path} does not take {request.method}"}
+        return _error(exc.status_code, message.get(exc.status_code, str(exc.detail)))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request, exc):
+        return _error(422, _validation_message(exc))
+
+    @app.exception_handler(Exception)
+    async def _failure(request, exc):
+        return _error(500, f"the server failed on this request ({type(exc).__name__}); its "
+                      "terminal shows the details")
 
     @app.get("/")
     async def page():
@@ -130,9 +126,11 @@ def create_app(session: DemoSession, *, model_name: str = "demo",
 
     @app.post("/api/images")
     async def upload(request: Request):
-        data = await _read_limited(request, max_upload_bytes)
-        image = await run_in_threadpool(decode_image, data, max_upload_pixels)
-        return await run_in_threadpool(session.add_image, image)
+        image = await run_in_threadpool(decode_image, await request.body(), max_upload_pixels)
+        try:
+            return await run_in_threadpool(session.add_image, image)
+        except ValueError as exc:  # an image the model cannot take (e.g. far too elongated)
+            raise UploadError(f"the uploaded image cannot be used: {exc}") from None
 
     @app.get("/api/images/{image_id}.png")
     async def image(image_id: str):
@@ -150,8 +148,11 @@ def create_app(session: DemoSession, *, model_name: str = "demo",
         body = await _json_body(request)
         seed = body.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-            raise PromptError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+            raise PromptError(f"seed must be an integer in [0, 2**32), got {shown(seed)}")
         return await run_in_threadpool(session.shake, str(body.get("image_id")),
                                        body.get("box"), seed)
 
-    return InFlightLimit(app, max_in_flight)
+    bodies = BodyRules(InFlightLimit(app, max_in_flight),
+                       {"/api/images": BodyRule(UPLOAD_TYPES, max_upload_bytes, "the upload")},
+                       BodyRule(JSON_TYPES, MAX_JSON_BYTES))
+    return SameOriginOnly(bodies)

@@ -7,6 +7,10 @@ import socket
 import threading
 import time
 
+# Seconds from a request's first byte (or from the connection's opening) to its last: a 20 MiB
+# upload needs 0.7 MB/s; a client that sends part of its headers or body and goes quiet is cut
+# off then, so it holds a connection for no longer (and never an in-flight slot: see guards).
+REQUEST_TIMEOUT = 30.0
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on (host, port); OSError says why it cannot be had."""
@@ -27,19 +31,24 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def _server(app, log_level: str):
+def _server(app, log_level: str, request_timeout: float):
     import uvicorn
 
+    from .deadline import with_request_deadline
+
     # One worker process (the model is loaded once, in this process); no access log, so a
-    # burst of requests does not flood the terminal.
+    # burst of requests does not flood the terminal. The protocol is h11 whatever else is
+    # installed, with the request deadline added; idle keep-alive connections close after 5 s.
     return uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False,
-                                         timeout_graceful_shutdown=2))
+                                         http=with_request_deadline(request_timeout),
+                                         timeout_keep_alive=5, timeout_graceful_shutdown=2))
 
 
-def serve_forever(app, sock: socket.socket, log_level: str = "warning") -> None:
+def serve_forever(app, sock: socket.socket, log_level: str = "warning",
+                  request_timeout: float = REQUEST_TIMEOUT) -> None:
     """Serves until Ctrl+C (or SIGTERM); uvicorn finishes the requests in progress first."""
     try:
-        _server(app, log_level).run(sockets=[sock])
+        _server(app, log_level, request_timeout).run(sockets=[sock])
     except KeyboardInterrupt:
         pass  # uvicorn re-raises the Ctrl+C it handled: the server has already stopped
 
@@ -48,10 +57,11 @@ class ServerThread:
     """The app served from a background thread: `with ServerThread(app) as url: ...`; the
     server stops (and its socket closes) when the block ends."""
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, start_timeout: float = 30):
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, start_timeout: float = 30,
+                 request_timeout: float = REQUEST_TIMEOUT):
         self.sock = bind(host, port)
         self.url = url_of(self.sock)
-        self.server = _server(app, "error")
+        self.server = _server(app, "error", request_timeout)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        daemon=True)
         self.start_timeout = start_timeout

@@ -8,7 +8,10 @@ cached embedding put back into the predictor first.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import hmac
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -27,6 +30,10 @@ from .prompts import PromptError, validate_box, validate_prompts
 MODELS = (("sam", False), ("stable_sam", True))  # (name in the API, use_plugins)
 SHAKE_BOXES = 20  # the paper's protocol: 20 noisy boxes per target
 SHAKE_NOISE_SCALE = 0.4  # ... at noise scale 0.4
+# The shake's masks are made at most this many pixels on a side (the image scaled down, aspect
+# kept): 2 x 20 masks of a 40 Mpx upload at full size take gigabytes and tens of seconds under
+# the model lock. SAM predicts 256x256 logits in a 1024 px frame, so nothing is lost at 1024.
+SHAKE_MAX_SIDE = 1024
 # Attributes SamPredictor.set_image fills (HQ-SAM's predictor adds its early features).
 _EMBEDDING_ATTRIBUTES = ("features", "interm_features", "original_size", "input_size")
 
@@ -52,13 +59,16 @@ class DemoSession:
         self.top_k = top_k
         self.lock = threading.Lock()
         self._cache: OrderedDict[str, dict] = OrderedDict()
+        # Ids are keyed by a secret of this process: the same pixels get the same id (and reuse
+        # their embedding), but no one who has only the pixels can name a loaded image.
+        self._id_key = secrets.token_bytes(32)
 
     # -- images ---------------------------------------------------------------------------------
 
     def add_image(self, image: np.ndarray) -> dict:
         """Embeds an RGB uint8 HxWx3 image (once: a known image only becomes the most recently used)
         and returns {image_id, width, height}."""
-        digest = hashlib.sha256(np.ascontiguousarray(image).tobytes())
+        digest = hmac.new(self._id_key, np.ascontiguousarray(image).tobytes(), hashlib.sha256)
         digest.update(repr(image.shape).encode())
         image_id = digest.hexdigest()[:20]
         with self.lock:
@@ -144,7 +154,9 @@ class DemoSession:
     def shake(self, image_id: str, box, seed: int = 0, count: int = SHAKE_BOXES) -> dict:
         """The paper's Figure 1 on the user's box: `count` noisy boxes around it (scale 0.4, no
         IoU filter, as the evaluation draws them), both models' masks for each, how often each
-        pixel is covered (a PNG, 255 = every mask) and the stability score mSF."""
+        pixel is covered (a PNG, 255 = every mask) and the stability score mSF. The masks, the
+        PNG and mSF are at the image's size, or scaled down to SHAKE_MAX_SIDE on the long side
+        (`mask_size`, [width, height]): the cost is bounded whatever the upload's size."""
         start = time.perf_counter()
         with self.lock:
             image = self._activate(image_id)
@@ -155,7 +167,8 @@ class DemoSession:
                                         (height, width)) for _ in range(count)])
             frame_boxes = self.predictor.transform.apply_boxes(boxes, (height, width))
             frame_boxes = torch.as_tensor(frame_boxes, dtype=torch.float, device=self.device)
-            with torch.inference_mode():
+            mask_size = shake_mask_size(height, width)
+            with torch.inference_mode(), _masks_made_at(self.predictor, mask_size):
                 masks = {name: self.predictor.predict_torch(None, None, frame_boxes,
                                                             multimask_output=False,
                                                             use_plugins=use)[0][:, 0]
@@ -164,8 +177,30 @@ class DemoSession:
                          "frequency_png": encoding.frequency_png_data_url(m)}
                   for name, m in masks.items()}
         return {"image_id": image_id, "boxes": boxes.round(2).tolist(), "models": models,
+                "mask_size": [mask_size[1], mask_size[0]],
                 "noise_scale": SHAKE_NOISE_SCALE, "seed": int(seed),
                 "elapsed_ms": round(1000 * (time.perf_counter() - start), 1)}
+
+
+def shake_mask_size(height: int, width: int) -> tuple[int, int]:
+    """(height, width) of the shake's masks: the image's, scaled to SHAKE_MAX_SIDE on the long
+    side when it is larger (rounded as SAM rounds its own resize)."""
+    if max(height, width) <= SHAKE_MAX_SIDE:
+        return height, width
+    scale = SHAKE_MAX_SIDE / max(height, width)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+
+
+@contextlib.contextmanager
+def _masks_made_at(predictor, size: tuple[int, int]):
+    """The predictor's masks come out at `size`: every family's predictor upsamples its logits
+    to `original_size` (prompts are already in the model's frame, so nothing else reads it)."""
+    original = predictor.original_size
+    predictor.original_size = tuple(size)
+    try:
+        yield
+    finally:
+        predictor.original_size = original
 
 
 def scene_image(index: int, num_scenes: int) -> tuple[np.ndarray, list[float]]:

@@ -120,7 +120,8 @@ function draw(model) {
   ctx.drawImage(state.image, 0, 0);
   const width = lineWidth();
   if (state.shake) {
-    ctx.drawImage(state.shake.overlays[model], 0, 0);
+    // The shake's masks may be smaller than the image (mask_size): stretched over it.
+    ctx.drawImage(state.shake.overlays[model], 0, 0, canvas.width, canvas.height);
     for (const box of state.shake.boxes) strokeBox(ctx, box, "rgba(255,255,255,0.55)", width / 2);
   } else if (state.overlays[model]) {
     ctx.drawImage(state.overlays[model], 0, 0);
@@ -235,7 +236,11 @@ async function shake() {
   setStatus("Shaking: 20 noisy boxes x 2 models ...");
   const started = performance.now();
   try {
-    const seed = Math.floor(Math.random() * 2 ** 31);
+    // A new draw of boxes on every click, unless the page's URL fixes it (?seed=N): the same
+    // URL then shows the same shake (the README's screenshot is made that way).
+    const fixed = new URLSearchParams(window.location.search).get("seed");
+    const seed = fixed !== null && /^\d{1,9}$/.test(fixed) ? Number(fixed)
+      : Math.floor(Math.random() * 2 ** 31);
     const result = await postJson("/api/shake", { image_id: state.imageId, box: state.box, seed });
     result.overlays = {};
     for (const model of MODELS) {
@@ -276,7 +281,7 @@ async function useImage(loaded) {
 async function loadScene() {
   setStatus("Loading the scene ...");
   try {
-    await useImage(await api(`/api/scenes/${$("scene").value}`, { method: "POST" }));
+    await useImage(await postJson(`/api/scenes/${$("scene").value}`, {}));
     setStatus("Drag a box on either image, or pick + / − click and click on it.");
   } catch (err) {
     showError(err.message);

@@ -5,6 +5,8 @@ import io
 import json
 import os
 import shutil
+import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -12,14 +14,18 @@ import numpy as np
 from PIL import Image
 
 
-def request(url, data=None, content_type="application/json", method=None, timeout=60):
-    """(status, parsed JSON or raw bytes) of one HTTP request; 4xx/5xx are returned, not raised."""
+def request(url, data=None, content_type="application/json", method=None, timeout=60,
+            headers=None):
+    """(status, parsed JSON or raw bytes) of one HTTP request; 4xx/5xx are returned, not raised.
+    `headers` are sent as given (e.g. a foreign Host or Origin); content_type=None sends none."""
     if isinstance(data, (dict, list)):
         data = json.dumps(data).encode()
     req = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None
                                                                     else "GET"))
-    if data is not None:
+    if data is not None and content_type is not None:
         req.add_header("Content-Type", content_type)
+    for name, value in (headers or {}).items():
+        req.add_header(name, value)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as response:
             status, body = response.status, response.read()
@@ -67,12 +73,39 @@ def start_chromium(download_dir, width: int = 1300, height: int = 1000):
 
 
 @contextlib.contextmanager
-def live_server(model, cache_size: int, **limits):
+def live_server(model, cache_size: int, request_timeout: float = 30.0, **limits):
     """(session, url) of the demo app on 127.0.0.1 (a free port), stopped when the block ends."""
     from stable_sam.serve.app import create_app
     from stable_sam.serve.server import ServerThread
     from stable_sam.serve.session import DemoSession
 
     session = DemoSession(model, cache_size=cache_size)
-    with ServerThread(create_app(session, **limits)) as url:
+    with ServerThread(create_app(session, **limits), request_timeout=request_timeout) as url:
         yield session, url
+
+
+def hold_every_slot(session, url, payload, slots: int, timeout: float = 60):
+    """With `session.lock` held by the caller: `slots` threads whose predict requests are
+    accepted and wait for the model, so every in-flight slot is taken; returns the threads and
+    their (status, body) list once a probe is answered busy. A thread answered 429 (a probe held
+    a slot at that moment) tries again: only an accepted request counts."""
+    results = []
+    deadline = time.monotonic() + timeout
+
+    def held():
+        while time.monotonic() < deadline:
+            status, body = request(url + "api/predict", payload)
+            if status != 429:
+                results.append((status, body))
+                return
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=held) for _ in range(slots)]
+    for thread in threads:
+        thread.start()
+    while True:  # a free slot answers the probe's bad seed with 400; a full house with 429
+        status, body = request(url + "api/shake", {"seed": -1})
+        if status == 429:
+            return threads, results, body
+        assert time.monotonic() < deadline, "the held requests never took every slot"
+        time.sleep(0.02)

@@ -1,11 +1,8 @@
 """The demo server's HTTP API through a live server on 127.0.0.1: the page and its files, scenes,
 uploads (and their limits), predictions, errors as JSON messages, the in-flight limit."""
-import threading
-import time
-
 import numpy as np
 import pytest
-from serve_helpers import live_server, png_array, png_file_bytes, request
+from serve_helpers import hold_every_slot, live_server, png_array, png_file_bytes, request
 
 from stable_sam.data.scenes import TEST_SEED, make_scene
 
@@ -117,6 +114,7 @@ def test_an_oversized_upload_without_a_length_is_cut_off(served):
     connection = http.client.HTTPConnection(host, int(port), timeout=30)
     connection.putrequest("POST", "/api/images")
     connection.putheader("Transfer-Encoding", "chunked")
+    connection.putheader("Content-Type", "application/octet-stream")
     connection.endheaders()
     chunk = bytes(100_000)
     for _ in range(4):  # 400 kB in chunks, no Content-Length: the limit still holds
@@ -157,22 +155,10 @@ def test_a_burst_beyond_the_in_flight_limit_is_answered_busy_at_once(served):
     session, url = served
     _, loaded = request(url + "api/scenes/1", b"")
     payload = {"image_id": loaded["image_id"], "box": [40, 40, 200, 200]}
-    results = []
     session.lock.acquire()  # the model is busy: accepted requests wait for it
     try:
-        held = [threading.Thread(target=lambda: results.append(request(url + "api/predict",
-                                                                        payload)))
-                for _ in range(LIMITS["max_in_flight"])]
-        for thread in held:
-            thread.start()
-        deadline = time.monotonic() + 30
-        while True:  # until both slots are taken (a free slot answers the bad seed with 400)
-            status, body = request(url + "api/shake", {"seed": -1})
-            if status == 429:
-                break
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        assert body["error"] == ("the server is busy (2 requests in progress): try again in a "
+        held, results, busy = hold_every_slot(session, url, payload, LIMITS["max_in_flight"])
+        assert busy["error"] == ("the server is busy (2 requests in progress): try again in a "
                                  "moment")
         burst = [request(url + "api/predict", payload)[0] for _ in range(10)]
         assert burst == [429] * 10

@@ -11,7 +11,8 @@ import time
 
 import numpy as np
 import pytest
-from serve_helpers import live_server, png_array, png_file_bytes, request, start_chromium
+from serve_helpers import (hold_every_slot, live_server, png_array, png_file_bytes, request,
+                           start_chromium)
 
 TIMEOUT = 30  # seconds for any one thing the page does
 LIMITS = {"max_upload_bytes": 400_000, "max_upload_pixels": 300 * 300, "max_in_flight": 2}
@@ -236,14 +237,7 @@ def test_bad_inputs_show_a_message_and_the_server_keeps_serving(browser, served,
     session.lock.acquire()
     try:
         payload = {"image_id": image_id, "box": [1, 1, 9, 9]}
-        others = [threading.Thread(target=request, args=(url + "api/predict", payload))
-                  for _ in range(LIMITS["max_in_flight"])]
-        for thread in others:
-            thread.start()
-        deadline = time.monotonic() + TIMEOUT
-        while request(url + "api/shake", {"seed": -1})[0] != 429:  # until both slots are taken
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        others, _, _ = hold_every_slot(session, url, payload, LIMITS["max_in_flight"])
         drag_box(browser, [40, 40, 200, 200])
         assert "the server is busy" in error_text(browser)
     finally:
