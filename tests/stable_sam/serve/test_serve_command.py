@@ -106,3 +106,54 @@ def test_no_arguments_serve_the_embedded_model_and_write_nothing(tmp_path):
     assert process.returncode == 0 and "Traceback" not in errors, errors
     for folder in (work, temp, home):
         assert sorted(p.name for p in folder.rglob("*")) == [], f"{folder.name} was written to"
+
+
+@pytest.mark.parametrize("value, message", [
+    ("lots", "STABLE_SAM_MAX_IMAGE_PIXELS='lots' is not an integer"),
+    ("0", "STABLE_SAM_MAX_IMAGE_PIXELS must be >= 1, is 0"),
+])
+def test_a_malformed_pixel_limit_is_refused_at_start(no_model, capsys, monkeypatch, value,
+                                                     message):
+    """Before: the server started, then every upload failed with this message."""
+    monkeypatch.setenv("STABLE_SAM_MAX_IMAGE_PIXELS", value)
+    assert cli.main(["serve", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"stable-sam serve: error: {message}\n"
+
+
+def _served_once(monkeypatch, argv):
+    """Runs `stable-sam serve argv` up to the point of serving; returns what it passed on."""
+    import stable_sam.serve.server
+
+    seen = {}
+
+    def serve_forever(app, sock, *args, **kwargs):
+        seen["app"], seen["address"] = app, sock.getsockname()
+
+    monkeypatch.setattr(stable_sam.serve.server, "serve_forever", serve_forever)
+    assert cli.main(["serve", "--port", "0", *argv]) == 0
+    return seen
+
+
+@pytest.mark.parametrize("host, warned", [
+    ("127.0.0.1", False), ("127.0.0.2", False), ("localhost", False), ("::1", False),
+    ("0.0.0.0", True),
+])
+def test_only_an_address_other_machines_reach_warns(monkeypatch, capsys, host, warned):
+    if host == "::1" and not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    _served_once(monkeypatch, ["--host", host])
+    err = capsys.readouterr().err
+    assert ("other machines can reach this page" in err) == warned, err
+
+
+def test_the_pixel_limit_of_the_image_reader_holds_for_uploads(monkeypatch, capsys):
+    from stable_sam.serve.server import ServerThread
+
+    monkeypatch.setenv("STABLE_SAM_MAX_IMAGE_PIXELS", "5000")
+    with ServerThread(_served_once(monkeypatch, [])["app"]) as url:
+        assert request(url + "api/info")[1]["max_upload_pixels"] == 5000
+        status, body = request(url + "api/images",
+                               png_file_bytes(make_scene(TEST_SEED, 1, 80).image),
+                               "application/octet-stream")
+    assert status == 400 and "80x80 = 6400 pixels, over the" in body["error"]
