@@ -52,12 +52,18 @@ class PromptedDecoder(nn.Module):
         self.uses_plugins = uses_plugins
 
     def forward(self, image_embeddings, prompts: List[Dict[str, Optional[Tensor]]]) -> Tensor:
-        """image_embeddings: the image encoder's output, (N, C, h, w), or for HQ-SAM the tuple
-        (embeddings, interm_embeddings); prompts: one per image. Returns (N, 1, 4h, 4w) logits."""
+        """image_embeddings: the image encoder's output, (N, C, h, w), for HQ-SAM the tuple
+        (embeddings, interm_embeddings), for SAM 2 the dict {"image_embed", "high_res_feats"};
+        prompts: one per image. Returns (N, 1, 4h, 4w) logits."""
         model = self.model
-        early_features = None
+        early_features = high_res_features = None
         if isinstance(image_embeddings, tuple):  # HQ-SAM's encoder: (embeddings, interm list)
             image_embeddings, early_features = image_embeddings[0], image_embeddings[1][0]
+        if isinstance(image_embeddings, dict):  # SAM 2's encoding
+            high_res_features = image_embeddings["high_res_feats"]
+            image_embeddings = image_embeddings["image_embed"]
+        # SAM 2 encodes a box as two points ahead of the clicks, as its predictor does
+        encode_prompts = getattr(model, "encode_prompts", model.prompt_encoder)
         n = image_embeddings.shape[0]
         image_pe = model.prompt_encoder.get_dense_pe()
         groups: Dict[Tuple, List[int]] = {}
@@ -68,13 +74,17 @@ class PromptedDecoder(nn.Module):
             points, boxes, masks = _stack_prompts([prompts[i] for i in indices],
                                                   image_embeddings.device)
             with torch.no_grad():  # the prompt encoder never trains
-                sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=masks)
+                sparse, dense = encode_prompts(points=points, boxes=boxes, masks=masks)
             # HQ-SAM trains on its default output, SAM's mask + the HQ token's (hq_token_only off)
-            hq_inputs = {} if early_features is None else {
+            family_inputs = {} if early_features is None else {
                 "hq_token_only": False, "interm_embeddings": [early_features[indices]]}
+            if high_res_features is not None:
+                # SAM 2 trains its single-mask token: no fallback to a multimask output
+                family_inputs = {"high_res_features": [f[indices] for f in high_res_features],
+                                 "dynamic_multimask": False}
             low_res, _ = model.decode(
                 image_embeddings[indices], image_pe, sparse, dense, multimask_output=False,
-                use_plugins=self.uses_plugins, **hq_inputs,
+                use_plugins=self.uses_plugins, **family_inputs,
             )
             for j, i in enumerate(indices):
                 out[i] = low_res[j]

@@ -124,6 +124,21 @@ class StableSam2(nn.Module):
     def plugin_config(self) -> PluginConfig:
         return self.plugins.config
 
+    def encode_prompts(self, points: Optional[Tuple[Tensor, Tensor]] = None,
+                       boxes: Optional[Tensor] = None,
+                       masks: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """SAM 2's prompt encoder as SAM2ImagePredictor calls it: boxes (B, 4) become two points
+        labelled 2 and 3 ahead of the clicks (its `boxes` argument would embed them without
+        the padding point, another input than SAM 2 sees from its predictor)."""
+        if boxes is not None:
+            box_points = boxes.reshape(-1, 2, 2)
+            box_labels = torch.tensor([[2, 3]], dtype=torch.int, device=boxes.device)
+            box_labels = box_labels.repeat(box_points.shape[0], 1)
+            points = (box_points, box_labels) if points is None else (
+                torch.cat([box_points, points[0]], dim=1),
+                torch.cat([box_labels, points[1].to(box_labels.dtype)], dim=1))
+        return self.prompt_encoder(points=points, boxes=None, masks=masks)
+
     def preprocess(self, x: Tensor) -> Tensor:
         """Images of the training pipeline (0-255, longest side resized to image_size) ->
         SAM2Transforms' normalisation, padded bottom/right to the square input. (SAM 2's own
