@@ -6,6 +6,15 @@ flat objects on a textured background, small clutter, and objects
 drawn over the target (occlusion). Every draw comes from `numpy.random.default_rng([seed, i])`,
 so a split is fixed by its seed; the training and the held-out split use different seeds.
 
+Two generator versions (`make_scene(..., version=)`; a split is fixed by seed and version):
+- 1 (what the shipped demo model was trained and evaluated on): one named target near the
+  centre, neighbours on its outline, occluders that may hide most of it.
+- 2 (issue 24): several objects of similar size anywhere in the image; the first one
+  (`target`) has 2-3 neighbours of similar size touching it on different sides (so a loose
+  box covers a neighbour), an occluder that leaves at least 70 % of it visible, and some
+  objects carry a part of another colour (part/whole pairs in `groups`, so one click is
+  ambiguous). Every object above a minimum size is a target (`scene_targets`).
+
 `make_scene` returns the visible mask of every object; `write_scenes` writes the HQSeg layout
 (`im/NAME.jpg` + `gt/NAME.png`, one target per image) that the trainer and `stable-sam evaluate`
 read.
@@ -25,8 +34,13 @@ from stable_sam.data.synthetic import fill_random_polygon
 TRAIN_SEED = 1000  # the training split
 TEST_SEED = 2000  # the held-out split: a different seed, never used for training or tuning
 VAL_SEED = 3000  # scenes on which the base SAM's recipe was chosen: neither split's seed
+# issue 24's fresh held-out split (version 2 scenes, every target): chosen before anything was
+# evaluated on it, and first evaluated by the publish run that writes the table
+FRESH_TEST_SEED = 4000
 SHAPES = ("blob", "ring", "bar", "polygon")
 MIN_TARGET_AREA = 400  # pixels of the target left visible after occlusion
+VERSIONS = (1, 2)
+MIN_VISIBLE_V2 = 0.7  # version 2: an occluder leaves at least this share of an object visible
 
 
 @dataclass
@@ -34,6 +48,9 @@ class Scene:
     image: np.ndarray  # H x W x 3 uint8 RGB
     masks: list  # visible mask (H x W bool) of every object, in drawing order
     target: int  # index into masks of the object the HQSeg file names
+    # part/whole pairs (version 2): (whole-without-part index, part index) into masks; the whole
+    # object is the union of the two
+    groups: tuple = ()
 
 
 def _texture(rng: np.random.Generator, height: int, width: int, base: np.ndarray,
@@ -92,8 +109,12 @@ def _paint(image: np.ndarray, shape: np.ndarray, rng: np.random.Generator) -> No
     image[shape] = fill[shape]
 
 
-def make_scene(seed: int, index: int, size: int = 256) -> Scene:
-    """One scene, a function of (seed, index) only."""
+def make_scene(seed: int, index: int, size: int = 256, version: int = 1) -> Scene:
+    """One scene, a function of (seed, index, version) only."""
+    if version not in VERSIONS:
+        raise ValueError(f"version must be one of {VERSIONS}, is {version!r}")
+    if version == 2:
+        return _make_scene_v2(seed, index, size)
     rng = np.random.default_rng([seed, index])
     height = width = int(size)
     image = _texture(rng, height, width, rng.uniform(60, 190, size=3).astype(np.float32), 1.0)
@@ -130,15 +151,133 @@ def make_scene(seed: int, index: int, size: int = 256) -> Scene:
     return Scene(image=image, masks=masks, target=target)
 
 
-def write_scenes(root: str | os.PathLike, num_scenes: int, seed: int, size: int = 256) -> Path:
-    """Writes scenes 0..num_scenes-1 of `seed` in the HQSeg layout under `root`; returns root."""
+def _around(rng: np.random.Generator, mask: np.ndarray, count: int, gap: float) -> list:
+    # count points `gap` outside the mask's outline, on evenly spread sides with some jitter: a
+    # shape of radius about gap centred there touches the mask on that side
+    ys, xs = np.nonzero(mask)
+    cx, cy = xs.mean(), ys.mean()
+    start = rng.uniform(0, 2 * np.pi)
+    points = []
+    for a in start + 2 * np.pi * np.arange(count) / count + rng.uniform(-0.4, 0.4, count):
+        reach = float(np.max((xs - cx) * np.cos(a) + (ys - cy) * np.sin(a)))
+        points.append((cx + (reach + gap) * np.cos(a), cy + (reach + gap) * np.sin(a)))
+    return points
+
+
+def _make_scene_v2(seed: int, index: int, size: int) -> Scene:
+    rng = np.random.default_rng([seed, index, 2])
+    height = width = int(size)
+    image = _texture(rng, height, width, rng.uniform(60, 190, size=3).astype(np.float32), 1.0)
+    masks: list = []
+    groups: list = []
+
+    def on_top(shape: np.ndarray) -> None:
+        nonlocal masks
+        _paint(image, shape, rng)
+        masks = [m & ~shape for m in masks] + [shape]
+
+    def behind(shape: np.ndarray) -> bool:
+        shape = shape & ~np.any(masks, axis=0) if masks else shape
+        if shape.sum() < MIN_TARGET_AREA:
+            return False
+        _paint(image, shape, rng)
+        masks.append(shape)
+        return True
+
+    for _ in range(int(rng.integers(2, 6))):  # clutter, under everything else
+        centre = rng.uniform(0.05, 0.95, size=2) * size
+        on_top(_shape(rng, str(rng.choice(("blob", "polygon"))), centre, size * 0.04, height, width))
+    clutter = len(masks)
+    scale = size * rng.uniform(0.11, 0.17)
+    centre = rng.uniform(0.2, 0.8, size=2) * size  # anywhere, not only near the centre
+    for _ in range(10):  # a thin bar can come out small: redraw, the HQSeg file names it
+        shape = _shape(rng, str(rng.choice(SHAPES)), centre, scale, height, width)
+        if shape.sum() >= 2 * MIN_TARGET_AREA:
+            break
+    on_top(shape)
+    target = len(masks) - 1
+    for point in _around(rng, masks[target], int(rng.integers(2, 4)), 0.4 * scale):
+        # similar size, touching the target on another side; drawn behind it
+        behind(_shape(rng, str(rng.choice(SHAPES)), point,
+                      scale * rng.uniform(0.8, 1.25), height, width))
+    for _ in range(int(rng.integers(1, 3))):  # more objects anywhere, behind the first ones
+        behind(_shape(rng, str(rng.choice(SHAPES)), rng.uniform(0.1, 0.9, size=2) * size,
+                      size * rng.uniform(0.08, 0.15), height, width))
+    for i in range(clutter, len(masks)):  # parts: a patch of another colour inside an object
+        if rng.uniform() < 0.5 and masks[i].sum() >= 3 * MIN_TARGET_AREA:
+            ys, xs = np.nonzero(cv2.erode(masks[i].astype(np.uint8), np.ones((9, 9), np.uint8)))
+            if len(xs) == 0:
+                continue
+            k = int(rng.integers(len(xs)))
+            radius = np.sqrt(masks[i].sum() / np.pi) * rng.uniform(0.35, 0.55)
+            part = _shape(rng, "blob", (xs[k], ys[k]), radius, height, width) & masks[i]
+            if MIN_TARGET_AREA <= part.sum() <= 0.6 * masks[i].sum():
+                _paint(image, part, rng)
+                masks[i] = masks[i] & ~part
+                masks.append(part)
+                groups.append((i, len(masks) - 1))
+    if rng.uniform() < 0.6:  # an occluder in front of the target that leaves most of it visible
+        point = _near_boundary(rng, masks[target])
+        shape = _shape(rng, str(rng.choice(("blob", "polygon"))), point,
+                       scale * rng.uniform(0.3, 0.6), height, width)
+        before = [m.sum() for m in masks]
+        if all((m & ~shape).sum() >= MIN_VISIBLE_V2 * n for m, n in zip(masks, before)):
+            on_top(shape)
+    image = np.clip(image + rng.normal(0, 4, size=image.shape), 0, 255).astype(np.uint8)
+    return Scene(image=image, masks=masks, target=target, groups=tuple(groups))
+
+
+def scene_targets(scene: Scene, min_area: int = MIN_TARGET_AREA) -> list:
+    """Every target of a scene: each visible object of at least `min_area` pixels and each
+    part/whole pair's whole (bool H x W masks; objects first, in drawing order)."""
+    targets = [m for m in scene.masks if m.sum() >= min_area]
+    for whole, part in scene.groups:
+        union = scene.masks[whole] | scene.masks[part]
+        if union.sum() >= min_area:
+            targets.append(union)
+    return targets
+
+
+class SceneTargets:
+    """Scenes 0..count-1 of (seed, version) with every target (`scene_targets`), as a dataset
+    `stable_sam.evaluation.evaluate_masks` reads: items {"image", "masks", "objects" (every
+    object's pixels, for a box on empty background), "name", "index"}."""
+
+    def __init__(self, seed: int, count: int, version: int, size: int = 256,
+                 min_area: int = MIN_TARGET_AREA):
+        if count < 1:
+            raise ValueError(f"count must be >= 1, is {count}")
+        self.name = f"scenes_{seed}_v{version}"
+        self.scenes = [make_scene(seed, i, size, version) for i in range(count)]
+        self.min_area = min_area
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, index: int) -> dict:
+        scene = self.scenes[index]
+        return {"image": scene.image, "masks": scene_targets(scene, self.min_area),
+                "objects": np.any(scene.masks, axis=0), "name": f"{self.name}_{index:05d}",
+                "index": index}
+
+
+def write_scenes(root: str | os.PathLike, num_scenes: int, seed: int, size: int = 256,
+                 version: int = 1, every_target: bool = False) -> Path:
+    """Writes scenes 0..num_scenes-1 of (`seed`, `version`) in the HQSeg layout under `root`;
+    returns root. One pair per scene (`scene_SEED_INDEX`, its named target), or with
+    `every_target` one pair per target of `scene_targets` (`scene_SEED_INDEX_tK`, the image
+    repeated), so a trainer of one mask per image sees every object."""
     if num_scenes < 1:
         raise ValueError(f"num_scenes must be >= 1, is {num_scenes}")
     root = Path(root)
     for index in range(num_scenes):
-        scene = make_scene(seed, index, size)
+        scene = make_scene(seed, index, size, version)
         name = f"scene_{seed}_{index:05d}"
-        write_image_atomic(root / "im" / f"{name}.jpg", scene.image)
-        write_image_atomic(root / "gt" / f"{name}.png",
-                           scene.masks[scene.target].astype(np.uint8) * 255)
+        if every_target:
+            pairs = [(f"{name}_t{k:02d}", m) for k, m in enumerate(scene_targets(scene))]
+        else:
+            pairs = [(name, scene.masks[scene.target])]
+        for stem, mask in pairs:
+            write_image_atomic(root / "im" / f"{stem}.jpg", scene.image)
+            write_image_atomic(root / "gt" / f"{stem}.png", mask.astype(np.uint8) * 255)
     return root

@@ -12,6 +12,10 @@ The protocol of the paper's Tables 1-3: for every target and prompt setting, pre
   (segm) for mask mAP and mAP50. A detection's score is SAM's predicted IoU by default
   (`coco_score="iou"`), or 1.0 for every mask (`coco_score="one"`), which ranks by nothing.
 
+With `follow=True`, prompt-following (`stable_sam.evaluation.follow`) per kind too: the
+agreement of masks prompted on two different objects of one image, and the share of targets
+that are stable but wrong; `evaluate_background_boxes` scores a box on empty background.
+
 Prompts are frozen once per dataset with `stable_sam.evaluation.prompts.freeze_prompts` and
 saved with `save_prompts`, so every model sees the same prompts.
 Under torch.distributed, images are sharded by rank (rank, rank + world, ...: no padding) and
@@ -25,8 +29,12 @@ import numpy as np
 import torch
 
 from stable_sam.data.prompts import Prompt
+from stable_sam.data.prompts import prompt_rng
 from stable_sam.evaluation.coco import coco_mask_map, rle_json
-from stable_sam.evaluation.metrics import mask_boundary, mask_iou, stability_score, summarise
+from stable_sam.evaluation.follow import (background_box, cross_agreement, object_share,
+                                          stable_but_wrong)
+from stable_sam.evaluation.metrics import (mask_boundary, mask_iou, mean_or_nan,
+                                           stability_score, summarise)
 from stable_sam.evaluation.prompts import NBOX_KIND, frozen_for, sample_targets
 
 
@@ -73,7 +81,9 @@ def predict_prompts(predictor, prompts: list[Prompt], batch_size: int = 20
     Returns (bool KxHxW masks at the original resolution, float K predicted IoUs). Uses one
     `predict_torch` call per `batch_size` prompts when the predictor has it, else `predict`.
     """
-    threshold = predictor.model.mask_threshold
+    # SAM2ImagePredictor keeps the threshold itself; SamPredictor reads its model's
+    threshold = (predictor.mask_threshold if hasattr(predictor, "mask_threshold")
+                 else predictor.model.mask_threshold)
     expected = getattr(getattr(predictor.model, "prompt_encoder", None), "mask_input_size", None)
     if prompts[0].mask_input is not None and expected is not None \
             and tuple(prompts[0].mask_input.shape) != tuple(expected):
@@ -98,7 +108,8 @@ def predict_prompts(predictor, prompts: list[Prompt], batch_size: int = 20
 
 def evaluate_masks(predictor, dataset, prompts: dict, kinds: Sequence[str] | None = None, *,
                    batch_size: int = 20, dilation_ratio: float = 0.02,
-                   coco_score: str = "iou", progress: bool = False) -> dict:
+                   coco_score: str = "iou", follow: bool = False,
+                   progress: bool = False) -> dict:
     """Evaluates `predictor` on `dataset` with frozen `prompts` (see the module docstring).
 
     Arguments:
@@ -106,8 +117,11 @@ def evaluate_masks(predictor, dataset, prompts: dict, kinds: Sequence[str] | Non
         `original_size`, `device`, `model.mask_threshold`).
       prompts: `freeze_prompts(dataset, ...)` output or a `load_prompts` mapping.
       kinds: the settings to run; default every kind frozen in `prompts`.
+      follow: also measure prompt-following (keeps one image's masks of every target at once).
     Returns {"dataset", "kinds": {kind: {"miou", "mbiou", "msf", "count"}}, "coco": {kind:
-    {"map", "map50"}} (COCO datasets, nbox kinds only), "records": per-target list}.
+    {"map", "map50"}} (COCO datasets, nbox kinds only), "records": per-target list}, and with
+    `follow` "follow": {kind: {"cross_agreement", "stable_but_wrong"}} and "cross_records":
+    per-image {"image", "kind", "agreement"} (images with two disjoint targets).
     Metrics are fractions in [0, 1]; NaN where undefined.
     """
     if coco_score not in ("iou", "one"):
@@ -118,7 +132,7 @@ def evaluate_masks(predictor, dataset, prompts: dict, kinds: Sequence[str] | Non
     if missing:
         raise ValueError(f"kinds {missing} were not frozen; the prompts hold {frozen['kinds']}")
     rank, world = _distributed()
-    records = []
+    records, cross = [], []
     indices = range(rank, len(dataset), world)
     if progress:
         from tqdm import tqdm
@@ -131,6 +145,7 @@ def evaluate_masks(predictor, dataset, prompts: dict, kinds: Sequence[str] | Non
                              f"{sample['name']!r}: prompts were frozen for another dataset")
         targets = sample_targets(sample)
         predictor.set_image(sample["image"])
+        kept: dict = {kind: ([], []) for kind in kinds}  # kind -> (masks, gts) of this image
         for target in entry["targets"]:
             gt = targets[target["target"]]
             gt_boundary = mask_boundary(gt, dilation_ratio)
@@ -139,6 +154,9 @@ def evaluate_masks(predictor, dataset, prompts: dict, kinds: Sequence[str] | Non
                     continue  # an empty target
                 batch = [Prompt.from_json(p) for p in target["prompts"][kind]]
                 masks, scores = predict_prompts(predictor, batch, batch_size)
+                if follow:
+                    kept[kind][0].append(masks)
+                    kept[kind][1].append(gt)
                 record = {
                     "image": index, "target": target["target"], "kind": kind,
                     "iou": float(np.mean([mask_iou(m, gt) for m in masks])),
@@ -153,12 +171,48 @@ def evaluate_masks(predictor, dataset, prompts: dict, kinds: Sequence[str] | Non
                         "segmentation": rle_json(masks[0]),
                         "score": float(scores[0]) if coco_score == "iou" else 1.0}
                 records.append(record)
+        for kind, (masks, gts) in kept.items() if follow else ():
+            agreement = cross_agreement(masks, gts)
+            if agreement == agreement:  # NaN: no two disjoint targets in this image
+                cross.append({"image": index, "kind": kind, "agreement": agreement})
     records = sorted(_gather(records), key=lambda r: (r["image"], r["target"], r["kind"]))
     results = {"dataset": dataset.name, "num_images": len(dataset),
                "kinds": {k: summarise(r for r in records if r["kind"] == k) for k in kinds},
                "records": records}
+    if follow:
+        cross = sorted(_gather(cross), key=lambda r: (r["image"], r["kind"]))
+        results["cross_records"] = cross
+        results["follow"] = {k: {
+            "cross_agreement": mean_or_nan(r["agreement"] for r in cross if r["kind"] == k),
+            "stable_but_wrong": stable_but_wrong(r for r in records if r["kind"] == k)}
+            for k in kinds}
     if hasattr(dataset, "coco"):
         results["coco"] = {k: coco_mask_map(dataset, [r["coco"] for r in records
                                                       if r["kind"] == k and "coco" in r])
                            for k in kinds if NBOX_KIND.match(k)}
     return results
+
+
+@torch.no_grad()
+def evaluate_background_boxes(predictor, dataset, seed: int = 0) -> dict:
+    """One box on empty background per image (`follow.background_box`, drawn from
+    prompt_rng(dataset.name, i, 0, seed, stream="background_box")): the share of the predicted
+    mask that lies on objects. An item's objects are its "objects" mask, else the union of its
+    targets. Returns {"object_share": mean over images, "count": images with room for a box,
+    "records": [{"image", "box", "object_share"}]} (fractions)."""
+    records = []
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        objects = sample.get("objects")
+        if objects is None:
+            objects = np.any(sample_targets(sample), axis=0)
+        box = background_box(objects, prompt_rng(dataset.name, index, 0, seed,
+                                                 stream="background_box"))
+        if box is None:
+            continue
+        predictor.set_image(sample["image"])
+        masks, _ = predict_prompts(predictor, [Prompt("box", box=box)])
+        records.append({"image": index, "box": box.tolist(),
+                        "object_share": object_share(masks[0], objects)})
+    return {"object_share": mean_or_nan(r["object_share"] for r in records),
+            "count": len(records), "records": records}

@@ -13,7 +13,13 @@ from typing import Dict
 import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from .encoder import ConvImageEncoder
+from .encoder import ConvImageEncoder, FoldedDetailEncoder
+
+# the weights file names its encoder (safetensors metadata "architecture"); files written before
+# the name existed hold demo-sam/1
+ENCODERS = {cls.ARCHITECTURE: cls for cls in (ConvImageEncoder, FoldedDetailEncoder)}
+LEGACY_ARCHITECTURE = ConvImageEncoder.ARCHITECTURE
+DEFAULT_ARCHITECTURE = FoldedDetailEncoder.ARCHITECTURE  # what a new base trains
 
 DEMO_MODEL_TYPE = "demo"
 DEMO_IMAGE_SIZE = 256
@@ -23,14 +29,21 @@ DEMO_SAM_WEIGHTS = WEIGHTS_DIR / "demo_sam.safetensors"
 DEMO_PLUGIN_WEIGHTS = WEIGHTS_DIR / "demo_stable_sam_plugins.safetensors"
 
 
-def build_demo_sam() -> Sam:
-    """The demo SAM's architecture, randomly initialised (the weights are loaded separately)."""
+def _encoder(architecture: str):
+    if architecture not in ENCODERS:
+        raise ValueError(f"architecture must be one of {sorted(ENCODERS)}, is {architecture!r}")
+    # width 24 keeps base + plugins small shipped with SAM's own decoder (9.9 MB with demo-sam/1)
+    return ENCODERS[architecture](DEMO_IMAGE_SIZE, EMBED_DIM, width=24)
+
+
+def build_demo_sam(architecture: str = DEFAULT_ARCHITECTURE) -> Sam:
+    """The demo SAM's architecture, randomly initialised (the weights are loaded separately);
+    `architecture` names the image encoder (one of ENCODERS), the rest is SAM's own."""
     grid = DEMO_IMAGE_SIZE // 16
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         sam = Sam(
-            # width 24 keeps base + plugins under 10 MB shipped with SAM's own decoder below
-            image_encoder=ConvImageEncoder(DEMO_IMAGE_SIZE, EMBED_DIM, width=24),
+            image_encoder=_encoder(architecture),
             prompt_encoder=PromptEncoder(
                 embed_dim=EMBED_DIM, image_embedding_size=(grid, grid),
                 input_image_size=(DEMO_IMAGE_SIZE, DEMO_IMAGE_SIZE), mask_in_chans=16,
@@ -57,12 +70,24 @@ def save_sam_weights(sam: Sam, path) -> Path:
 
     state = {k: v.detach().to(torch.float16).contiguous() if v.is_floating_point() else v
              for k, v in sam.state_dict().items()}
-    write_atomic(path, lambda tmp: save_file(state, tmp, metadata={"format": "demo-sam"}))
+    metadata = {"format": "demo-sam", "architecture": sam.image_encoder.ARCHITECTURE}
+    write_atomic(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     return Path(path)
 
 
+def read_architecture(path) -> str:
+    """The encoder architecture a `save_sam_weights` file was written for."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    return metadata.get("architecture", LEGACY_ARCHITECTURE)
+
+
 def load_sam_weights(sam: Sam, path) -> None:
-    """Loads a `save_sam_weights` file strictly into `sam`, in `sam`'s dtype."""
+    """Loads a `save_sam_weights` file strictly into `sam`, in `sam`'s dtype. When the file
+    names another encoder architecture than `sam`'s, `sam.image_encoder` is replaced by that
+    one first: the file, not the caller, says which demo model it is."""
     from safetensors.torch import load_file
 
     from ...checkpoint import CheckpointError, check_state_dict
@@ -71,8 +96,14 @@ def load_sam_weights(sam: Sam, path) -> None:
         raise FileNotFoundError(f"demo SAM weights not found: {path}")
     try:
         state: Dict[str, torch.Tensor] = load_file(str(path))
+        architecture = read_architecture(path)
     except Exception as exc:  # a truncated or foreign file
         raise CheckpointError(f"demo SAM weights {str(path)!r} could not be read: {exc}") from exc
+    if architecture not in ENCODERS:
+        raise CheckpointError(f"demo SAM weights {str(path)!r} are for architecture "
+                              f"{architecture!r}; this version knows {sorted(ENCODERS)}")
+    if sam.image_encoder.ARCHITECTURE != architecture:
+        sam.image_encoder = _encoder(architecture).to(next(sam.parameters()).dtype).eval()
     check_state_dict(sam, state, str(path), "demo SAM weights")
     own = sam.state_dict()
     sam.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)

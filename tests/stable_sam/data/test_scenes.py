@@ -27,7 +27,9 @@ def test_same_seed_same_scene_other_seed_other_scene(seed):
 def test_recipe_choices_never_saw_the_held_out_split():
     # the base recipe was chosen on VAL_SEED's scenes: were it the test seed, the held-out table
     # would have been tuned on
-    assert len({TRAIN_SEED, TEST_SEED, VAL_SEED}) == 3
+    from stable_sam.data.scenes import FRESH_TEST_SEED
+
+    assert len({TRAIN_SEED, TEST_SEED, VAL_SEED, FRESH_TEST_SEED}) == 4
     images = [make_scene(seed, 0).image for seed in (TRAIN_SEED, TEST_SEED, VAL_SEED)]
     assert not any(np.array_equal(images[i], images[j]) for i, j in ((0, 1), (0, 2), (1, 2)))
 
@@ -75,3 +77,96 @@ def test_write_scenes_hqseg_layout(tmp_path):
     assert np.array_equal(sample["mask"], scene.masks[scene.target])
     with pytest.raises(ValueError):
         write_scenes(tmp_path, 0, TEST_SEED)
+
+
+# Version 2 (issue 24): targets anywhere, similar-size neighbours touching on different sides,
+# occluders that leave most of the target visible, part/whole pairs, every object a target.
+from stable_sam.data.scenes import MIN_TARGET_AREA, MIN_VISIBLE_V2, SceneTargets, scene_targets
+
+V2_SCENES = 60
+
+
+@pytest.fixture(scope="module")
+def v2_scenes():
+    return [make_scene(VAL_SEED, i, version=2) for i in range(V2_SCENES)]
+
+
+def test_version_2_is_seeded_and_version_1_is_unchanged():
+    a, b = make_scene(TRAIN_SEED, 5, version=2), make_scene(TRAIN_SEED, 5, version=2)
+    assert np.array_equal(a.image, b.image) and a.groups == b.groups
+    assert not np.array_equal(a.image, make_scene(TRAIN_SEED, 5).image)
+    assert make_scene(TRAIN_SEED, 5).groups == ()
+    with pytest.raises(ValueError, match="version must be one of"):
+        make_scene(TRAIN_SEED, 5, version=3)
+
+
+def test_version_2_targets_lie_anywhere(v2_scenes):
+    centres = np.array([np.argwhere(s.masks[s.target]).mean(0) for s in v2_scenes]) / 256
+    off_centre = np.abs(centres - 0.5).max(1)
+    assert np.mean(off_centre > 0.2) >= 0.3  # version 1 keeps every target within 0.15
+
+
+def _sides_touched(scene) -> int:
+    target = scene.masks[scene.target]
+    grown = cv2.dilate(target.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    centre = np.argwhere(target).mean(0)
+    sides = set()
+    for i, m in enumerate(scene.masks):
+        if i != scene.target and m.sum() >= 0.5 * target.sum() and (grown & m).any():
+            dy, dx = np.argwhere(grown & m).mean(0) - centre
+            sides.add(int((np.degrees(np.arctan2(dy, dx)) + 360 + 45) // 90) % 4)
+    return len(sides)
+
+
+def test_version_2_neighbours_of_similar_size_touch_on_different_sides(v2_scenes):
+    assert np.mean([_sides_touched(s) >= 2 for s in v2_scenes]) >= 0.5
+
+
+def test_version_2_occluders_leave_most_of_every_object(v2_scenes):
+    occluded = 0
+    for scene in v2_scenes:
+        assert scene.masks[scene.target].sum() >= MIN_TARGET_AREA
+        stack = np.stack(scene.masks).astype(int)
+        assert stack.sum(0).max() <= 1
+        # the last object is the occluder when one was drawn: it sits over the target
+        last = scene.masks[-1]
+        grown = cv2.dilate(last.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        if len(scene.masks) - 1 != scene.target and (grown & scene.masks[scene.target]).any() \
+                and not any(len(scene.masks) - 1 == part for _, part in scene.groups):
+            occluded += 1
+    assert occluded >= 0.3 * len(v2_scenes)
+    assert 0 < MIN_VISIBLE_V2 < 1
+
+
+def test_version_2_has_part_whole_pairs_and_every_object_is_a_target(v2_scenes):
+    pairs = [(s, g) for s in v2_scenes for g in s.groups]
+    assert len(pairs) >= 5
+    for scene, (whole, part) in pairs:
+        targets = scene_targets(scene)
+        union = scene.masks[whole] | scene.masks[part]
+        assert any(np.array_equal(t, union) for t in targets)
+        assert any(np.array_equal(t, scene.masks[part]) for t in targets)
+    counts = [len(scene_targets(s)) for s in v2_scenes]
+    assert np.mean(counts) >= 3.5  # 200 test targets from about 50 scenes
+    assert all(t.sum() >= MIN_TARGET_AREA for s in v2_scenes for t in scene_targets(s))
+
+
+def test_scene_targets_dataset():
+    dataset = SceneTargets(VAL_SEED, 3, version=2)
+    item = dataset[2]
+    scene = make_scene(VAL_SEED, 2, version=2)
+    assert len(dataset) == 3 and item["name"] == f"scenes_{VAL_SEED}_v2_00002"
+    assert len(item["masks"]) == len(scene_targets(scene))
+    assert np.array_equal(item["objects"], np.any(scene.masks, axis=0))
+    with pytest.raises(ValueError, match="count must be >= 1"):
+        SceneTargets(VAL_SEED, 0, version=2)
+
+
+def test_write_scenes_every_target(tmp_path):
+    write_scenes(tmp_path, 2, VAL_SEED, version=2, every_target=True)
+    dataset = HQSegDataset(tmp_path)
+    scenes = [make_scene(VAL_SEED, i, version=2) for i in range(2)]
+    targets = [t for s in scenes for t in scene_targets(s)]
+    assert len(dataset) == len(targets)
+    assert all(np.array_equal(dataset[i]["mask"], t) for i, t in enumerate(targets))
+    assert dataset[1]["name"] == f"scene_{VAL_SEED}_00000_t01"

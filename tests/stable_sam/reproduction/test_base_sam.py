@@ -63,3 +63,38 @@ def test_base_trains_for_any_step_count_and_fewer_scenes_than_a_step_takes(tmp_p
                                              targets_per_image=2), tmp_path / "b.safetensors",
                              progress=False)
     assert summary["steps"] == steps
+
+
+def test_the_schedule_warms_up_and_keeps_learning_in_its_last_third():
+    from stable_sam.reproduction.base_sam import lr_at
+
+    config = BaseTrainConfig(steps=300, lr=1e-3, min_lr_ratio=0.1)
+    lrs = [lr_at(step, config) for step in range(config.steps)]
+    assert lrs[0] < lrs[14] == pytest.approx(1e-3)  # 5 % warm-up to the peak
+    assert all(a >= b for a, b in zip(lrs[15:], lrs[16:]))  # then only down
+    assert min(lrs[200:]) >= 1e-4 and lrs[-1] == pytest.approx(1e-4, rel=1e-3)
+    assert max(lrs[200:]) > 2e-4  # the last third is not spent at the floor either
+
+
+def test_every_target_of_a_scene_is_drawn():
+    import numpy as np
+
+    from stable_sam.data.scenes import TRAIN_SEED, make_scene, scene_targets
+    from stable_sam.reproduction.base_sam import _pick_targets
+
+    targets = scene_targets(make_scene(TRAIN_SEED, 0, version=2))
+    rng = np.random.default_rng(0)
+    drawn = {id(m) for _ in range(50) for m in _pick_targets(targets, 4, rng)}
+    assert drawn == {id(m) for m in targets} and len(targets) >= 3
+    assert len(_pick_targets(targets[:1], 4, rng)) == 4
+
+
+def test_the_base_trains_the_configured_architecture_and_scenes(tmp_path):
+    from stable_sam.families.demo.build import read_architecture
+
+    for architecture, version in (("demo-sam/1", 1), ("demo-sam/2", 2)):
+        path = tmp_path / f"{version}.safetensors"
+        train_base_sam(BaseTrainConfig(num_scenes=2, steps=1, images_per_step=2,
+                                       targets_per_image=2, architecture=architecture,
+                                       scene_version=version), path, progress=False)
+        assert read_architecture(path) == architecture
