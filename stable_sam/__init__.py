@@ -15,12 +15,29 @@ from .families.sam import StableSam, StableSamPredictor
 from .families.hq import StableHQSam, StableHQSamPredictor
 from .automatic_mask_generator import StableSamAutomaticMaskGenerator
 
+
+
+def __getattr__(name: str):
+    # SAM 2's predictor subclasses sam2's, so importing stable_sam does not import sam2: the
+    # SAM 2 names load on first use (ImportError naming the extra when sam2 is missing)
+    if name in ("StableSam2", "StableSam2ImagePredictor"):
+        from .families.sam2.build import import_sam2
+
+        import_sam2()
+        from .families import sam2 as sam2_family
+
+        return getattr(sam2_family, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "CheckpointError",
     "PluginConfig",
     "StableHQSam",
     "StableHQSamPredictor",
     "StableSam",
+    "StableSam2",
+    "StableSam2ImagePredictor",
     "StableSamAutomaticMaskGenerator",
     "StableSamPlugins",
     "StableSamPredictor",

@@ -29,4 +29,5 @@ def predict_best(
     masks, scores = out[0], out[1]
     best = int(np.argmax(scores))
     extras = out[3] if return_extras else None
-    return masks[best], float(scores[best]), extras
+    # bool for every family: SAM2ImagePredictor returns its masks as 0/1 floats
+    return masks[best].astype(bool), float(scores[best]), extras

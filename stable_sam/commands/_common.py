@@ -17,7 +17,7 @@ from ..families import EMBEDDED_MODEL_TYPES, MODEL_TYPES, RANDOM_MODEL_TYPES  # 
 
 # SAM's input size by model type where it is not the ViTs' 1024 (the prompts' coarse-mask logits
 # and the image-size check need it before a model is built)
-MODEL_IMAGE_SIZES = {"tiny": 256, "hq_tiny": 256, "demo": 256}
+MODEL_IMAGE_SIZES = {"tiny": 256, "hq_tiny": 256, "demo": 256, "sam2_tiny_random": 256}
 
 
 def model_image_size(model_type: str) -> int:
@@ -39,11 +39,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--model-type",
         choices=MODEL_TYPES,
         default="vit_b",
-        help="SAM backbone (default vit_b), hq_* for HQ-SAM; 'tiny' and 'hq_tiny' are random "
-        "models for demos; 'demo' has its weights in the package (a small model trained on "
-        "generated scenes, to show the method, not a segmenter for photographs)",
+        help="SAM backbone (default vit_b), hq_* for HQ-SAM, sam2.1_hiera_* for SAM 2.1; "
+        "'tiny', 'hq_tiny' and 'sam2_tiny_random' are random models for demos; 'demo' has its "
+        "weights in the package (a small model trained on generated scenes, to show the "
+        "method, not a segmenter for photographs)",
     )
-    parser.add_argument("--sam-checkpoint", help="official SAM weights, e.g. sam_vit_b_01ec64.pth")
+    parser.add_argument("--sam-checkpoint", help="official SAM weights, e.g. "
+                        "sam_vit_b_01ec64.pth or sam2.1_hiera_large.pt")
     parser.add_argument(
         "--plugin-checkpoint",
         help="Stable-SAM plugin weights (.safetensors); without it the plugins "
