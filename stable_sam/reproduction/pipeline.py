@@ -2,15 +2,25 @@
 the project's trainer at its default (one epoch), and the evaluation of all six methods on the
 held-out split with frozen prompts. Each stage skips work whose output already exists, so a cut
 run continues where it stopped.
+
+What a stage reuses is checked first: the work folder records the settings it was made with
+(a rerun with other settings is refused rather than mixing two runs), each split of scenes
+records the SHA-256 of its files (a missing or changed image or mask is refused rather than
+evaluated), and the frozen prompts hold each target mask's fingerprint, checked as `stable-sam
+evaluate` checks them.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import signal
 from pathlib import Path
 
 from ..data._io import write_json_atomic
 from ..data.scenes import TEST_SEED, TRAIN_SEED, write_scenes
 from .base_sam import BaseTrainConfig, train_base_sam
+from .interrupts import NAMES, ReproductionStopped, StopSignals
 from ..families.demo.build import DEMO_IMAGE_SIZE, DEMO_MODEL_TYPE
 
 METHODS = ("stable_sam", "stable_sam_no_drp", "stable_sam_no_rts", "pt_sam", "dt_sam")
@@ -20,17 +30,84 @@ NUM_TEST_SCENES = 50
 CHECK_SCENES = 3  # the held-out scenes whose records CI re-evaluates with the shipped weights
 
 
-class ReproductionStopped(Exception):
-    """SIGTERM reached a training stage; its checkpoint is written and a rerun continues it."""
+SETTINGS_FILE = "settings.json"  # the settings the work folder was made with
+
+
+class ReproductionError(Exception):
+    """Something the work folder holds cannot be used; the message names it and what to do."""
+
+
+def read_json(path: Path, what: str, remedy: str):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ReproductionError(f"{what} {path} cannot be read ({exc}): {remedy}") from None
+
+
+def check_settings(out: Path, settings: dict) -> None:
+    """Refuses a work folder made with other settings (its stages would be reused under the new
+    ones) or by a version that kept no record of them; nothing is written."""
+    record = out / SETTINGS_FILE
+    if record.is_file():
+        saved = read_json(record, "the work folder's settings record",
+                          "use a fresh --out")
+        if saved != settings:
+            changed = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} -> {v!r}"
+                                for k, v in settings.items() if saved.get(k) != v)
+            raise ReproductionError(f"--out {out} holds a run made with other settings "
+                                    f"({changed or saved}); use a fresh --out, or that run's "
+                                    "settings")
+    elif out.is_dir() and any(out.iterdir()):
+        raise ReproductionError(f"--out {out} is not empty and holds no {SETTINGS_FILE} (not a "
+                                "reproduction, or one made by an older version): use a fresh "
+                                "--out")
+
+
+def record_settings(out: Path, settings: dict) -> None:
+    if not (out / SETTINGS_FILE).is_file():
+        write_json_atomic(out / SETTINGS_FILE, settings)
+
+
+def _file_hashes(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def manifest_path(out: Path, split: str) -> Path:
+    return out / f"scenes_{split}.sha256.json"
 
 
 def prepare_scenes(out: Path, num_train: int, num_test: int = NUM_TEST_SCENES) -> dict:
+    """Writes each split once (into a temporary folder, renamed when complete, with the SHA-256
+    of its files beside it) and checks a split already there against those hashes."""
     dirs = {"train": out / "scenes_train", "test": out / "scenes_test"}
     for split, seed, count in (("train", TRAIN_SEED, num_train), ("test", TEST_SEED, num_test)):
-        gt = dirs[split] / "gt"
-        if not gt.is_dir() or len(list(gt.glob("*.png"))) != count:
-            write_scenes(dirs[split], count, seed, DEMO_IMAGE_SIZE)
+        folder, manifest = dirs[split], manifest_path(out, split)
+        if folder.is_dir():
+            check_scenes(folder, manifest)
+            continue
+        partial = out / f".{folder.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        write_scenes(partial, count, seed, DEMO_IMAGE_SIZE)
+        write_json_atomic(manifest, _file_hashes(partial))
+        partial.rename(folder)
     return dirs
+
+
+def check_scenes(folder: Path, manifest: Path) -> None:
+    """Every file the split was written with is there, unchanged, and nothing was added."""
+    remedy = f"delete {folder} and {manifest.name} to write the scenes again"
+    expected = read_json(manifest, "the scenes' hashes", remedy)
+    found = _file_hashes(folder)
+    for name, digest in expected.items():
+        if name not in found:
+            raise ReproductionError(f"{folder / name} is missing: {remedy}")
+        if found[name] != digest:
+            raise ReproductionError(f"{folder / name} changed since it was written: {remedy}")
+    added = sorted(set(found) - set(expected))
+    if added:
+        raise ReproductionError(f"{folder / added[0]} was not written by the reproduction: "
+                                f"{remedy}")
 
 
 def base_path(out: Path) -> Path:
@@ -48,14 +125,23 @@ def check_reused_base(out: Path) -> None:
         try:
             load_sam_weights(build_demo_sam(), path)
         except CheckpointError as exc:
-            raise CheckpointError(f"{exc}; the work folder holds a run of another version: "
-                                  "use a fresh --out") from exc
+            raise CheckpointError(f"{exc}; the work folder's base is damaged or of another "
+                                  "version: delete it to train it again, or use a fresh --out"
+                                  ) from exc
 
 
-def train_base(out: Path, config: BaseTrainConfig, progress: bool = True) -> Path:
+def train_base(out: Path, config: BaseTrainConfig, progress: bool = True,
+               signals: StopSignals | None = None) -> Path:
+    """The base SAM keeps no checkpoint of its own: a signal stops it at once (its weights are
+    written atomically at the end) and a rerun trains it again."""
     path = base_path(out)
     if not path.is_file():
-        train_base_sam(config, path, progress=progress)
+        try:
+            train_base_sam(config, path, progress=progress)
+        except ReproductionStopped as exc:
+            raise ReproductionStopped(f"stopped by {NAMES[exc.signum]} while training the base "
+                                      "SAM (it keeps no checkpoint: a rerun of the same command "
+                                      "trains it again)", exc.signum) from None
     return path
 
 
@@ -65,11 +151,13 @@ def weights_path(out: Path, method: str) -> Path:
 
 
 def train_methods(out: Path, base: Path, train_dir: Path, methods=METHODS,
-                  threads: int = 2, **overrides) -> dict:
+                  threads: int = 2, signals: StopSignals | None = None, **overrides) -> dict:
     """Trains each method on the frozen base with TrainConfig's defaults (one epoch) but for the
-    data, the device settings and `overrides` (tests shorten the run)."""
+    data, the device settings and `overrides` (tests shorten the run). SIGTERM, or Ctrl+C
+    under `signals`, stops the training after its step with a checkpoint (ReproductionStopped);
+    a rerun continues it."""
     from ..training import TrainConfig, train
-    from ..training.checkpointing import CHECKPOINT_NAME
+    from ..training.checkpointing import CHECKPOINT_NAME, CheckpointError
 
     paths = {}
     for method in methods:
@@ -81,11 +169,16 @@ def train_methods(out: Path, base: Path, train_dir: Path, methods=METHODS,
             # A run cut by SIGTERM left its checkpoint: continue it. One killed before its first
             # checkpoint left only a log, nothing to continue from: start it again.
             cut = (path.parent / CHECKPOINT_NAME).is_file()
-            result = train(config, resume=cut, overwrite=not cut)
-            if result["stopped"]:  # SIGTERM: stop the whole reproduction, not just this method
-                raise ReproductionStopped(f"stopped by SIGTERM while training {method} "
+            try:
+                result = train(config, resume=cut, overwrite=not cut)
+            except (CheckpointError, FileNotFoundError, ValueError, FloatingPointError) as exc:
+                # as `stable-sam train` reports them: bad data, a damaged checkpoint
+                raise ReproductionError(f"training {method}: {exc}") from None
+            if result["stopped"]:  # stop the whole reproduction, not just this method
+                signum = (signals.signum if signals else None) or signal.SIGTERM
+                raise ReproductionStopped(f"stopped by {NAMES[signum]} while training {method} "
                                           f"(checkpoint in {path.parent}); run the same command "
-                                          "again to continue")
+                                          "again to continue", signum)
         paths[method] = path
     return paths
 
@@ -96,12 +189,18 @@ def load_method(method: str, base: Path, weights: Path | None):
     from ..families import base_predictor_for, predictor_for
     from ..training.baselines import load_baseline_weights
 
-    if method.startswith("stable_sam"):
-        model = build_stable_sam(DEMO_MODEL_TYPE, str(base), str(weights)).eval()
-        return model, predictor_for(model)
-    model = build_stable_sam(DEMO_MODEL_TYPE, str(base)).eval()
-    if method != "sam":
-        load_baseline_weights(model, weights)
+    from ..checkpoint import CheckpointError
+
+    try:
+        if method.startswith("stable_sam"):
+            model = build_stable_sam(DEMO_MODEL_TYPE, str(base), str(weights)).eval()
+            return model, predictor_for(model)
+        model = build_stable_sam(DEMO_MODEL_TYPE, str(base)).eval()
+        if method != "sam":
+            load_baseline_weights(model, weights)
+    except (CheckpointError, ValueError) as exc:
+        remedy = "" if weights is None else f": delete {weights} to train {method} again"
+        raise ReproductionError(f"{exc}{remedy}") from None
     return model, base_predictor_for(model)
 
 
@@ -122,26 +221,24 @@ def evaluate_methods(out: Path, base: Path, test_dir: Path, weights: dict,
     A method whose row OUT already holds is not evaluated again."""
     import torch
 
-    from ..data.hqseg import HQSegDataset
-    from ..evaluation import evaluate_masks, freeze_prompts, load_prompts, save_prompts
+    from ..data.image_files import ImageReadError
+    from ..evaluation import evaluate_masks
 
-    dataset = HQSegDataset([(test_dir / "im", test_dir / "gt")], name="scenes_test")
-    if max_images:
-        dataset.samples = dataset.samples[:max_images]
-    prompts_file = out / f"prompts_test_{len(dataset)}x{prompts_per_image}.json"
-    if not prompts_file.is_file():
-        save_prompts(prompts_file, freeze_prompts(dataset, KINDS, prompts_per_image,
-                                                  model_image_size=DEMO_IMAGE_SIZE))
-    prompts = load_prompts(prompts_file)
+    dataset, prompts_file, prompts = test_prompts(out, test_dir, prompts_per_image, max_images)
     table = {"methods": {}}
     for method in methods:
         row_file = out / f"row_{method}_{prompts_file.stem}.json"
         if row_file.is_file():  # evaluated before (each method's row is kept on its own)
-            table["methods"][method] = read_table(row_file)
+            table["methods"][method] = read_json(row_file, f"the {method} row",
+                                                 f"delete it to evaluate {method} again")
             continue
         model, predictor = load_method(method, base, weights.get(method))
-        with torch.no_grad():
-            results = evaluate_masks(predictor, dataset, prompts, list(KINDS), progress=progress)
+        try:
+            with torch.no_grad():
+                results = evaluate_masks(predictor, dataset, prompts, list(KINDS),
+                                         progress=progress)
+        except ImageReadError as exc:
+            raise ReproductionError(str(exc)) from None
         write_json_atomic(out / f"records_{method}_{prompts_file.stem}.json", results["records"])
         table["methods"][method] = {
             "trainable_params": trainable_params(model, method),
@@ -149,6 +246,32 @@ def evaluate_methods(out: Path, base: Path, test_dir: Path, weights: dict,
         }
         write_json_atomic(row_file, table["methods"][method])
     return table
+
+
+def test_prompts(out: Path, test_dir: Path, prompts_per_image: int, max_images: int = 0):
+    """(dataset, prompts file, its prompts) of the held-out split: frozen once with each target
+    mask's fingerprint, and checked against the split's masks on every later run."""
+    from ..data.hqseg import HQSegDataset
+    from ..evaluation import freeze_prompts, load_prompts, save_prompts
+    from ..evaluation.prompts_check import check_prompts, fingerprinted
+
+    dataset = HQSegDataset([(test_dir / "im", test_dir / "gt")], name="scenes_test")
+    if max_images:
+        dataset.samples = dataset.samples[:max_images]
+    prompts_file = out / f"prompts_test_{len(dataset)}x{prompts_per_image}.json"
+    if not prompts_file.is_file():
+        save_prompts(prompts_file, fingerprinted(freeze_prompts, dataset, KINDS,
+                                                 prompts_per_image,
+                                                 model_image_size=DEMO_IMAGE_SIZE))
+    remedy = f"delete {prompts_file} and the row_*.json files to freeze and evaluate again"
+    try:
+        prompts = load_prompts(prompts_file)
+        check_prompts(prompts, [dataset], list(KINDS), DEMO_IMAGE_SIZE, str(prompts_file))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ReproductionError(f"{exc}: {remedy}" if isinstance(exc, ValueError)
+                                else f"prompts file {prompts_file} is malformed ({exc!r}): "
+                                f"{remedy}") from None
+    return dataset, prompts_file, prompts[dataset.name]
 
 
 def _percentages(summary: dict) -> dict:

@@ -86,10 +86,12 @@ def test_a_base_of_another_architecture_is_refused_before_any_work(tmp_path, cap
     sam.image_encoder.layers = nn.Sequential(*list(sam.image_encoder.layers)[:-1])
     out = tmp_path / "r"
     base = save_sam_weights(sam, out / "base_sam.safetensors")
+    (out / "settings.json").write_text(json.dumps(  # a run of these settings
+        {"train_scenes": 8, "test_scenes": 2, "base_steps": 3, "prompts_per_image": 2}))
     before = base.read_bytes()
     assert main(["reproduce", "--out", str(out), *ARGS]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("stable-sam reproduce: error:") and "use a fresh --out" in err
+    assert err.startswith("stable-sam reproduce: error:") and "of another version" in err
     assert len(err.splitlines()) == 1
-    assert sorted(p.name for p in out.iterdir()) == ["base_sam.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["base_sam.safetensors", "settings.json"]
     assert base.read_bytes() == before
