@@ -41,9 +41,19 @@ if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then
 fi
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 
+# The sam2 extra: sam2 ships as a source package whose setup.py would build a CUDA extension
+# Stable-SAM does not use (SAM2_BUILD_CUDA=0 skips it) and whose isolated build would fetch
+# another torch (hence --no-build-isolation, and --no-deps so pip leaves torch alone); its own
+# dependencies follow. Skipped when that sam2 is already there.
+export SAM2_BUILD_CUDA=0
+if ! "$VENV/bin/python" -c "import importlib.metadata as m, importlib.util as u; assert m.version('sam2') == '1.1.0'; assert all(u.find_spec(n) for n in ('sam2', 'hydra', 'iopath'))" 2>/dev/null; then
+  pip_install --no-build-isolation --no-deps "sam2==1.1.0"
+  pip_install "hydra-core>=1.3.2" "iopath>=0.1.10"
+fi
+
 # --no-build-isolation: the extension must be built against the torch installed above, not a
 # torch that pip would fetch into an isolated build environment.
 start=$(date +%s)
-pip_install --no-build-isolation -e ".[test,triton,hq,onnx,serve]"
+pip_install --no-build-isolation -e ".[test,triton,hq,onnx,serve,sam2]"
 echo "setup.sh: environment ready in $VENV (extension build/install took $(( $(date +%s) - start )) s)"
 "$VENV/bin/python" -c "import stable_sam_ops as s; print('stable_sam_ops backends available here:', s.available_backends(), '| CUDA kernels compiled:', s._extension.compiled_with_cuda())"
