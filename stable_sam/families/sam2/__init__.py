@@ -14,9 +14,10 @@ MODEL_CLASS = StableSam2
 def base_predictor(model: StableSam2):
     """sam2's own SAM2ImagePredictor over the model's frozen SAM 2 (plain SAM 2's masks), its
     feature sizes set from the model's input size (it assumes 1024)."""
-    from .build import import_sam2
+    from .predictor import SAM2ImagePredictor, quiet_sam2_transforms
 
-    predictor = import_sam2("sam2.sam2_image_predictor").SAM2ImagePredictor(model.sam)
+    with quiet_sam2_transforms():
+        predictor = SAM2ImagePredictor(model.sam)
     predictor._bb_feat_sizes = model.image_encoder.feature_sizes()
     return predictor
 

@@ -1,6 +1,8 @@
 """StableSam2ImagePredictor: sam2's SAM2ImagePredictor interface over a StableSam2."""
 
-from typing import Dict, List, Optional, Tuple
+import contextlib
+import warnings
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -10,6 +12,16 @@ from .build import import_sam2
 from .model import StableSam2
 
 SAM2ImagePredictor = import_sam2("sam2.sam2_image_predictor").SAM2ImagePredictor
+
+
+@contextlib.contextmanager
+def quiet_sam2_transforms() -> Iterator[None]:
+    """A context in which SAM2ImagePredictor is made without torch's FutureWarning about
+    torch.jit.script, which its SAM2Transforms calls: a warning about sam2's code that the
+    caller can do nothing about."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        yield
 
 
 class Sam2InputFrame:
@@ -53,8 +65,10 @@ class StableSam2ImagePredictor(SAM2ImagePredictor):
             raise TypeError(
                 f"{type(self).__name__} needs a StableSam2 model, got "
                 f"{type(sam_model).__name__}; use sam2's SAM2ImagePredictor for a plain SAM2Base")
-        super().__init__(sam_model, mask_threshold=mask_threshold, max_hole_area=max_hole_area,
-                         max_sprinkle_area=max_sprinkle_area, **kwargs)
+        with quiet_sam2_transforms():
+            super().__init__(sam_model, mask_threshold=mask_threshold,
+                             max_hole_area=max_hole_area, max_sprinkle_area=max_sprinkle_area,
+                             **kwargs)
         encoding = sam_model.image_encoder
         self._bb_feat_sizes = encoding.feature_sizes()
         self.transform = Sam2InputFrame(encoding.img_size)
