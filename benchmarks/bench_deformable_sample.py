@@ -12,8 +12,14 @@ serving prompt after prompt would not; eager and compiled get theirs from PyTorc
 fresh. "fresh copy" (src.clone(), same bytes) shows what fresh pages cost in the run: on the
 EPYC VM that swung by 10x between runs.
 
-    python benchmarks/bench_deformable_sample.py                  # full table, writes RESULTS.md
+    python benchmarks/bench_deformable_sample.py          # quick: the B=8 rows, eager vs cpu
+    python benchmarks/bench_deformable_sample.py --full   # the sweep B = 1, 8, 32, + compiled
     python benchmarks/bench_deformable_sample.py --batches 1 8 --groups 8 --repeats 5 --no-write
+
+The sweep writes the table of record, RESULTS.md's "Fused op on CPU"; other runs write a section
+of their own ("... (quick: B=8)"), so a quick run never replaces the sweep's table. The quick
+run leaves out the compiled column (`--compile` adds it): inductor's first compile of the four
+graphs costs more CPU time than all the quick rows' timed calls together.
 
 Large allocations page-fault on every call unless PyTorch backs them with huge pages; set
 THP_MEM_ALLOC_ENABLE=1 (read by PyTorch at start-up) to measure with them. The setting is
@@ -76,10 +82,30 @@ def copy_gbps(nbytes, dtype, warmup, repeats):
     return 2 * src.nbytes / ms / 1e6, 2 * src.nbytes / fresh_ms / 1e6
 
 
+FULL_BATCHES = [1, 8, 32]
+QUICK_BATCHES = [8]
+
+
+def with_compile(args) -> bool:
+    """The compiled column: always with --compile, by default in the --full sweep."""
+    return args.compile or (args.full and not args.no_compile)
+
+
+def configurations(args) -> int:
+    """Shapes the compiled provider sees: one graph each (B, G, with or without gradients)."""
+    return len(args.batches) * len(args.groups) * 2
+
+
 def run(args):
-    compiled_ref = torch.compile(deformable_sample_reference, dynamic=False)
+    # dynamic=False compiles one graph per configuration; past dynamo's recompile limit (8) it
+    # would warn and fall back to eager for the rest, so the limit is this run's count
+    torch._dynamo.reset()  # the count starts at zero however often this process compiled before
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
+                                               configurations(args))
+    compiled_ref = torch.compile(deformable_sample_reference, dynamic=False,
+                                 backend=args.compile_backend)
     providers = {"eager": deformable_sample_reference, "compiled": compiled_ref, "cpu": fused_cpu}
-    if args.no_compile:
+    if not with_compile(args):
         del providers["compiled"]
     H = W = args.size
     C, dtype = args.channels, torch.float32
@@ -129,9 +155,12 @@ def allocator_setting(environ=os.environ) -> str:
     return ", ".join(f"{name}={environ[name]}" for name in ALLOCATOR_ENV if name in environ)
 
 
-def section_title(environ=os.environ) -> str:
-    """Runs under other allocator settings land in sections of their own, not over the default."""
+def section_title(environ=os.environ, batches=None) -> str:
+    """Runs under other allocator settings, and runs other than the sweep (`batches` other than
+    FULL_BATCHES), land in sections of their own, not over the sweep's table."""
     title = "Fused op on CPU"
+    if batches is not None and list(batches) != FULL_BATCHES:
+        title += f" (quick: B={' '.join(str(b) for b in batches)})"
     if environ.get("THP_MEM_ALLOC_ENABLE", "0") == "1":
         title += " (THP_MEM_ALLOC_ENABLE=1)"
     allocator = allocator_setting(environ)
@@ -140,9 +169,13 @@ def section_title(environ=os.environ) -> str:
     return title
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--full", action="store_true",
+                        help=f"the sweep B = {FULL_BATCHES} (minutes) instead of the quick B = "
+                             f"{QUICK_BATCHES} rows")
+    parser.add_argument("--batches", type=int, nargs="+", default=None,
+                        help="batch sizes (default: the quick rows, or the sweep's with --full)")
     parser.add_argument("--groups", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--size", type=int, default=64, help="H = W")
     parser.add_argument("--channels", type=int, default=256)
@@ -152,9 +185,22 @@ def main(argv=None):
     # runs in. The baselines get the same warm-up.
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
+    compile_choice = parser.add_mutually_exclusive_group()
+    compile_choice.add_argument("--compile", action="store_true",
+                                help="add the torch.compile column to a quick run")
+    compile_choice.add_argument("--no-compile", action="store_true",
+                                help="skip the torch.compile column in the --full sweep")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend of the compiled column (default inductor)")
     args = parser.parse_args(argv)
+    if args.batches is None:
+        args.batches = FULL_BATCHES if args.full else QUICK_BATCHES
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if "cpu" not in stable_sam_ops.available_backends():
         sys.exit("the cpu backend is not built: pip install --no-build-isolation -e .")
 
@@ -163,12 +209,14 @@ def main(argv=None):
     cache_cap = os.environ.get("STABLE_SAM_OPS_CPU_OUTPUT_CACHE_MB") or "256, the default"
     providers, rows = run(args)
     table = markdown_table(header(providers), rows)
+    command = "python benchmarks/bench_deformable_sample.py" + " --full" * args.full + (
+        " --compile" * args.compile)
     body = "\n\n".join([
         f"Machine: {machine_description()}. THP_MEM_ALLOC_ENABLE={thp}. "
         f"glibc malloc: {allocator_setting() or DEFAULT_ALLOCATOR}. " + other_load.sentence(),
         f"`deformable_sample` with C={args.channels}, {args.size}x{args.size}, fp32, offset_scale 4, "
         "all optional inputs; median of repeated runs after warm-up "
-        "(`python benchmarks/bench_deformable_sample.py`). eager = the grid_sample composition "
+        f"(`{command}`). eager = the grid_sample composition "
         "(`deformable_sample_reference`), compiled = torch.compile of it, cpu = the fused kernel. "
         "GB/s counts the bytes the forward must move (`benchmarks/common.op_bytes`); "
         "copy = `dst.copy_(src)` of the same number of bytes; fresh copy = `src.clone()`, which "
@@ -181,7 +229,7 @@ def main(argv=None):
     ])
     print(f"\n{body}")
     if not args.no_write:
-        write_results_section(section_title(), body)
+        write_results_section(section_title(batches=args.batches), body)
 
 
 if __name__ == "__main__":

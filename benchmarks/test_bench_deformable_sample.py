@@ -132,3 +132,31 @@ def test_runs_under_other_allocator_settings_get_their_own_section():
                                   "MALLOC_MMAP_THRESHOLD_=4294967296, MALLOC_TRIM_THRESHOLD_=1)")
     thp = {"THP_MEM_ALLOC_ENABLE": "1"}
     assert section_title(thp) == "Fused op on CPU (THP_MEM_ALLOC_ENABLE=1)"
+
+
+def test_default_is_the_quick_table_and_the_sweep_an_option():
+    from bench_deformable_sample import parse_args, section_title, with_compile
+
+    quick, full = parse_args([]), parse_args(["--full"])
+    assert quick.batches == [8] and not with_compile(quick)
+    assert full.batches == [1, 8, 32] and with_compile(full)
+    assert with_compile(parse_args(["--compile"]))
+    assert not with_compile(parse_args(["--full", "--no-compile"]))
+    # a quick run writes a section of its own, never over the sweep's table of record
+    assert section_title({}, batches=quick.batches) == "Fused op on CPU (quick: B=8)"
+    assert section_title({}, batches=full.batches) == "Fused op on CPU"
+
+
+@needs_cpu_kernel
+def test_sweep_compiles_every_configuration_without_the_recompile_warning(capfd):
+    # 3 batches x 2 groups x (fwd, fwd+bwd) = 12 graphs, past dynamo's default limit of 8;
+    # the eager compile backend keeps it fast, the recompile count is the same
+    from bench_deformable_sample import parse_args, run
+
+    args = parse_args(["--full", "--batches", "1", "2", "3", "--groups", "1", "2", "--size", "4",
+                       "--channels", "8", "--warmup", "0", "--repeats", "1",
+                       "--compile-backend", "eager"])
+    providers, rows = run(args)
+    assert "compiled" in providers and len(rows) == 12
+    err = capfd.readouterr().err
+    assert "recompile_limit" not in err, err
