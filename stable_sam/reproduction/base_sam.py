@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ..data.prompts import gt_box, positive_points
 from ..data.scenes import TRAIN_SEED, make_scene, scene_targets
 from ..families.sam import StableSam
-from ..families.demo.build import (DEFAULT_ARCHITECTURE, DEMO_IMAGE_SIZE, build_demo_sam,
+from ..families.demo.build import (DEMO_IMAGE_SIZE, TRAINED_ARCHITECTURE, build_demo_sam,
                                    save_sam_weights)
 
 CLEAN_KINDS = ("box", "points3", "points5", "points10")
@@ -45,7 +45,7 @@ class BaseTrainConfig:
     min_lr_ratio: float = 0.1  # the cosine ends at this share of the peak, not at ~0
     seed: int = 0
     threads: int = 1
-    architecture: str = DEFAULT_ARCHITECTURE  # the demo encoder (families.demo.build.ENCODERS)
+    architecture: str = TRAINED_ARCHITECTURE  # the demo encoder (families.demo.build.ENCODERS)
     scene_version: int = 2  # the scene generator (data.scenes.VERSIONS)
 
 

@@ -19,7 +19,8 @@ from .encoder import ConvImageEncoder, FoldedDetailEncoder
 # the name existed hold demo-sam/1
 ENCODERS = {cls.ARCHITECTURE: cls for cls in (ConvImageEncoder, FoldedDetailEncoder)}
 LEGACY_ARCHITECTURE = ConvImageEncoder.ARCHITECTURE
-DEFAULT_ARCHITECTURE = FoldedDetailEncoder.ARCHITECTURE  # what a new base trains
+SHIPPED_ARCHITECTURE = ConvImageEncoder.ARCHITECTURE  # of stable_sam/weights/demo_sam.safetensors
+TRAINED_ARCHITECTURE = FoldedDetailEncoder.ARCHITECTURE  # what a new base trains (issue 24)
 
 DEMO_MODEL_TYPE = "demo"
 DEMO_IMAGE_SIZE = 256
@@ -36,7 +37,7 @@ def _encoder(architecture: str):
     return ENCODERS[architecture](DEMO_IMAGE_SIZE, EMBED_DIM, width=24)
 
 
-def build_demo_sam(architecture: str = DEFAULT_ARCHITECTURE) -> Sam:
+def build_demo_sam(architecture: str = SHIPPED_ARCHITECTURE) -> Sam:
     """The demo SAM's architecture, randomly initialised (the weights are loaded separately);
     `architecture` names the image encoder (one of ENCODERS), the rest is SAM's own."""
     grid = DEMO_IMAGE_SIZE // 16

@@ -17,7 +17,7 @@ def test_trains_and_writes_a_loadable_base(tmp_path):
     model = build_stable_sam("demo", sam_checkpoint=str(path))
     # the file holds float16: compare with the initial weights rounded the same way
     initial = {k: v.half().float() if v.is_floating_point() else v
-               for k, v in build_demo_sam().state_dict().items()}
+               for k, v in build_demo_sam(BaseTrainConfig().architecture).state_dict().items()}
     trained = model.sam.state_dict()
     moved = [k for k in initial if not torch.equal(initial[k], trained[k])]
     assert any(k.startswith("image_encoder.") for k in moved)
