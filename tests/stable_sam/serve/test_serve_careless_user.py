@@ -338,3 +338,13 @@ def test_an_unexpected_failure_is_a_json_500(served, scene_id, monkeypatch):
     got, body = request(url + "api/predict", {"image_id": scene_id, "box": [5, 5, 80, 80]})
     assert got == 500 and body == {"error": "the server failed on this request (RuntimeError); "
                                             "its terminal shows the details"}
+
+
+def test_an_image_too_elongated_for_the_model_is_a_refusal_not_a_failure(served):
+    """3000x2 decodes, but SAM's resize to the model's input makes its short side 0 pixels."""
+    session, url = served
+    before = session.cached_ids()
+    status, body = request(url + "api/images", png_file_bytes(np.zeros((2, 3000, 3), np.uint8)),
+                           "application/octet-stream")
+    assert status == 400 and body["error"].startswith("the uploaded image cannot be used: "), body
+    assert session.cached_ids() == before
