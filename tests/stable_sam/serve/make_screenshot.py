@@ -1,7 +1,12 @@
-"""Regenerates the README's screenshot of the demo page (not a test): a held-out scene, its
-casual box, then the shake; the browser is the tests' headless chromium.
+"""Regenerates the README's screenshot of the demo page (not a test); the browser is the tests'
+headless chromium.
 
-    .venv/bin/python tests/stable_sam/serve/make_screenshot.py docs/serve_demo.png [--scene 17]
+What it shows is fixed by a rule that never looks at either model's result: held-out scene 0
+(the first of the 50, the scene `stable-sam demo` draws by default), its casual box (the loose
+box `stable-sam demo` draws on the scene's target), then the shake with seed 0 (the page's
+?seed=0, so the same 20 noisy boxes every time).
+
+    .venv/bin/python tests/stable_sam/serve/make_screenshot.py docs/serve_demo.png
 """
 import argparse
 import os
@@ -15,6 +20,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirna
 
 from serve_helpers import live_server, start_chromium  # noqa: E402
 
+SCENE = 0  # the rule above: chosen before any result is seen, not to be changed for a better one
+SHAKE_SEED = 0
+
 
 def wait(driver, key, before=None, timeout=60):
     deadline = time.monotonic() + timeout
@@ -27,8 +35,6 @@ def wait(driver, key, before=None, timeout=60):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", help="PNG to write")
-    parser.add_argument("--scene", type=int, default=17)
-    parser.add_argument("--sampling", action="store_true", help="draw the sampling points too")
     args = parser.parse_args()
 
     from selenium.webdriver.support.ui import Select
@@ -40,17 +46,18 @@ def main() -> None:
             tempfile.TemporaryDirectory() as downloads:
         driver = start_chromium(downloads, 1000, 900)
         try:
-            driver.get(url)
+            driver.get(f"{url}?seed={SHAKE_SEED}")
             wait(driver, "ready")
-            Select(driver.find_element("id", "scene")).select_by_value(str(args.scene))
+            Select(driver.find_element("id", "scene")).select_by_value(str(SCENE))
             driver.find_element("id", "load-scene").click()
             wait(driver, "image")
             driver.find_element("id", "casual").click()
             wait(driver, "masks", driver.execute_script("return document.body.dataset.masks;"))
-            if args.sampling:
-                driver.find_element("id", "show-sampling").click()
             driver.find_element("id", "shake").click()
             wait(driver, "shaken")
+            seed = driver.execute_script("return state.shake.seed;")
+            if seed != SHAKE_SEED:
+                raise RuntimeError(f"the page shook with seed {seed}, not {SHAKE_SEED}")
             png = driver.get_screenshot_as_png()
         finally:
             driver.quit()
