@@ -133,7 +133,7 @@ def test_an_oversized_upload_without_a_length_is_cut_off(served):
     ("api/shake", {"image_id": "SCENE", "box": [1, 1, 5, 5], "seed": -1}, 400, "seed must be"),
     ("api/shake", {"image_id": "SCENE", "points": [[3, 3, 1]]}, 400, "a box is"),
     ("api/scenes/50", b"", 400, "pick 0 to 49"),
-    ("api/scenes/x", b"", 422, ""),
+    ("api/scenes/x", b"", 422, "path index: Input should be a valid integer"),
 ])
 def test_bad_requests_get_a_message_and_the_server_keeps_serving(served, path, payload, status,
                                                                  message):
