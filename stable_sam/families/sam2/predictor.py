@@ -217,6 +217,41 @@ class StableSam2ImagePredictor(SAM2ImagePredictor):
             masks = masks > self.mask_threshold
         return (masks, iou_predictions, low_res_masks) + tuple(decoded[2:])
 
+    # -- prompts on several images, one decoder pass (stable_sam.families.batched_prompts) ------
+    def embed_images(self, image_list: List[np.ndarray]):
+        """set_image_batch's encoding of several images (HxWx3 RGB uint8 arrays, any sizes), as
+        the EmbeddedImages that predict_across_images takes; the predictor's own images stay.
+        `batched_prompts.predictor_image(self)` gives the same for the images already set."""
+        from ..batched_prompts import family_batching
+
+        return family_batching(self.model).embed_images(self, image_list)
+
+    def predict_across_images(self, images, prompts, multimask_output: bool = True,
+                              return_logits: bool = False, normalize_coords: bool = True, *,
+                              use_plugins: bool = True):
+        """predict_batch with one prompt-encoder and one decoder call per prompt structure
+        (number of clicks, box or not, mask input or not) over all images, instead of one
+        decoder call per image; the same masks as predict_batch up to float rounding.
+
+        Arguments:
+          images (EmbeddedImages): from embed_images, or batched_prompts.predictor_image(self)
+            after set_image_batch.
+          prompts (sequence of batched_prompts.ImagePrompts): one per image, each with its own
+            number K of prompts (boxes (K, 4), clicks (K, P, 2) + labels (K, P), mask inputs
+            (K, 1, 4h, 4w)) in that image's pixels (or 0..1 with normalize_coords=False, as
+            predict); K = 0 is allowed.
+          multimask_output, return_logits, normalize_coords, use_plugins: as predict.
+
+        Returns:
+          three lists with one numpy array per image: masks (K, M, H, W), scores (K, M),
+          low-res logits (K, M, 4h, 4w); unlike predict_batch, K stays even when it is 1.
+        """
+        from ..batched_prompts import predict_across_images
+
+        return predict_across_images(
+            self, images, prompts, multimask_output, return_logits, use_plugins=use_plugins,
+            prompt_options={"normalize_coords": normalize_coords})
+
 
 def _as_numpy(out, return_extras: bool) -> Tuple:
     """_predict's tensors -> SAM2ImagePredictor.predict's numpy arrays (squeeze(0): one prompt
