@@ -45,6 +45,9 @@ class MethodSpec:
 _PT_SAM_PREFIXES = (
     "sam.mask_decoder.mask_tokens.",
     "sam.mask_decoder.output_hypernetworks_mlps.0.",
+    # SAM 2's decoder is `sam_mask_decoder`, its single-mask output the same token and MLP
+    "sam.sam_mask_decoder.mask_tokens.",
+    "sam.sam_mask_decoder.output_hypernetworks_mlps.0.",
 )
 
 METHODS: Dict[str, MethodSpec] = {
@@ -62,7 +65,7 @@ METHODS: Dict[str, MethodSpec] = {
 }
 for _robust, _suffix, _prompts in ((True, "", "RTS"), (False, "_no_rts", "high-quality prompts")):
     METHODS["dt_sam" + _suffix] = MethodSpec(
-        "dt_sam" + _suffix, False, True, _robust, ("sam.mask_decoder.",),
+        "dt_sam" + _suffix, False, True, _robust, ("sam.mask_decoder.", "sam.sam_mask_decoder."),
         f"SAM mask decoder tuning, {_prompts}")
     METHODS["pt_sam" + _suffix] = MethodSpec(
         "pt_sam" + _suffix, False, True, _robust, _PT_SAM_PREFIXES,

@@ -82,3 +82,31 @@ def test_prompted_decoder_runs_sam2s_single_mask_token():
         expected, _ = model.decode(features["image_embed"][i:i + 1], pe, sparse, dense, False,
                                    high_res, dynamic_multimask=False)
         torch.testing.assert_close(logits[i:i + 1], expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method, expected", [
+    ("dt_sam", lambda k: k.startswith("sam.sam_mask_decoder.")),
+    ("pt_sam", lambda k: k.startswith(("sam.sam_mask_decoder.mask_tokens.",
+                                       "sam.sam_mask_decoder.output_hypernetworks_mlps.0."))),
+])
+def test_decoder_and_prompt_tuning_baselines_train_sam2s_decoder(tmp_path, method, expected):
+    """DT-SAM and PT-SAM (paper Table 2) on SAM 2: exactly SAM 2's decoder, or its single-mask
+    token and that token's hypernetwork MLP, move; the plugins do not."""
+    from stable_sam.training.baselines import load_baseline_weights
+
+    data = str(make_synthetic_dataset(tmp_path / "shapes", num_images=4, image_size=(96, 128),
+                                      seed=3))
+    config = TrainConfig(model_type="sam2_tiny_random", method=method, data=[data], steps=2,
+                         batch_size=2, num_points=256, lr_drop_epochs=[], num_workers=0,
+                         ckpt_every=100, log_every=100, out_dir=str(tmp_path / "run"))
+    seed_everything(config.seed, 0)
+    before = _state(build_model(config))
+    result = train(config)
+    after = _state(result["model"])
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(expected(k) for k in changed), sorted(changed)[:5]
+    fresh = build_stable_sam("sam2_tiny_random")
+    assert load_baseline_weights(fresh, result["weights"]) == method
+    # SAM 2's weights come back (the plugins are unused by the baselines, random per build)
+    assert all(torch.equal(v, after[k]) for k, v in fresh.state_dict().items()
+               if k.startswith("sam."))
