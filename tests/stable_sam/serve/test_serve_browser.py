@@ -6,12 +6,11 @@ with the mask the session computes for the same box, the mSF against the session
 page's seed, the downloaded files against the mask.
 """
 import json
-import threading
 import time
 
 import numpy as np
 import pytest
-from serve_helpers import (hold_every_slot, live_server, png_array, png_file_bytes, request,
+from serve_helpers import (hold_every_slot, live_server, png_array, png_file_bytes,
                            start_chromium)
 
 TIMEOUT = 30  # seconds for any one thing the page does
@@ -248,3 +247,38 @@ def test_bad_inputs_show_a_message_and_the_server_keeps_serving(browser, served,
     assert not error_text(browser)
     assert browser.find_element("id", "score-stable_sam").text.startswith("predicted IoU")
     assert np.allclose(box, [50, 50, 180, 180], atol=1.5)
+
+
+def test_a_page_of_another_origin_cannot_drive_the_server(browser, served):
+    """The page as served at localhost is another origin than the server at 127.0.0.1: what its
+    script sends there (a text/plain POST, which needs no preflight, and a JSON one, which does)
+    loads nothing. Before, any site's page could upload and shake."""
+    session, url = served
+    port = url.rstrip("/").rsplit(":", 1)[1]
+    open_page(browser, f"http://localhost:{port}/")
+    before = session.cached_ids()
+    outcomes = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1], target = arguments[0];
+        const send = (type, mode) => fetch(target + "api/scenes/7", {method: "POST", mode,
+            headers: {"Content-Type": type}, body: "{}"}).then((r) => r.type + " " + r.status,
+            (err) => "refused");
+        Promise.all([send("text/plain", "no-cors"), send("application/json", "cors")]).then(done);
+    """, url)
+    assert outcomes == ["opaque 0", "refused"]
+    assert session.cached_ids() == before
+    load_scene(browser, 7)  # the page itself, from its own origin, is served
+    assert len(session.cached_ids()) > 0
+
+
+def test_the_pages_url_can_fix_the_shake_seed(browser, served):
+    session, url = served
+    open_page(browser, url + "?seed=12345")
+    image_id = load_scene(browser, 4)
+    browser.find_element("id", "casual").click()
+    wait_for(browser, lambda d: body_data(d, "masks"), "show masks")
+    browser.find_element("id", "shake").click()
+    wait_for(browser, lambda d: body_data(d, "shaken") or error_text(d), "show the shake")
+    assert browser.execute_script("return state.shake.seed;") == 12345
+    box = browser.execute_script("return state.box;")
+    assert browser.execute_script("return state.shake.boxes;") == session.shake(
+        image_id, box, 12345)["boxes"]

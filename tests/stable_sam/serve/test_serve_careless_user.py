@@ -89,7 +89,8 @@ def test_clients_that_go_quiet_mid_request_hold_no_slot(served, scene_id):
         time.sleep(0.5)  # every stalled request has reached the app
         start = time.monotonic()
         for _ in range(IN_FLIGHT + 2):
-            status, _ = request(url + "api/predict", {"image_id": scene_id, "box": [20, 20, 99, 99]})
+            status, _ = request(url + "api/predict",
+                                {"image_id": scene_id, "box": [20, 20, 99, 99]})
             assert status == 200
         assert time.monotonic() - start < 20
     finally:
@@ -166,8 +167,8 @@ def test_the_servers_own_page_is_answered(served, scene_id):
     """The page's own requests (Origin of the served page, Host by address or localhost)."""
     _, url = served
     host = "%s:%d" % address(url)
-    for headers in ({"Origin": f"http://{host}"}, {"Host": f"localhost:{address(url)[1]}",
-                                                   "Origin": f"http://localhost:{address(url)[1]}"}):
+    local = f"localhost:{address(url)[1]}"
+    for headers in ({"Origin": f"http://{host}"}, {"Host": local, "Origin": f"http://{local}"}):
         status, _ = request(url + "api/predict", {"image_id": scene_id, "box": [5, 5, 80, 80]},
                             headers=headers)
         assert status == 200
@@ -271,7 +272,8 @@ def test_a_huge_json_body_is_refused_by_its_size_before_parsing(served, scene_id
         with sock:
             reply = read_reply(sock)
         assert reply.startswith(b"HTTP/1.1 413 ")
-        assert reply.endswith(b'{"error": "the request body is over the server\'s limit of 64 KiB"}')
+        assert reply.endswith(
+            b'{"error": "the request body is over the server\'s limit of 64 KiB"}')
     assert parsed == []
     assert request(url + "api/predict", {"image_id": scene_id, "box": [5, 5, 80, 80]})[0] == 200
     assert parsed == ["/api/predict"]
