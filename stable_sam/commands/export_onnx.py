@@ -89,6 +89,12 @@ def check_args(args) -> None:
         check_export_options(args.opset, args.sampling)
     except (ValueError, RuntimeError) as exc:
         raise CliError(str(exc)) from None
+    from ..families import family_of
+
+    if family_of(args.model_type).name == "sam2" and (
+            args.use_stability_score or args.return_extra_metrics):
+        raise CliError("--use-stability-score and --return-extra-metrics are options of SAM's "
+                       "decoder interface; a SAM 2 decoder file outputs masks and iou_predictions")
     _check_outputs(args)
     _common.check_model_arguments(args)
 

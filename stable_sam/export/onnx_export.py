@@ -33,6 +33,12 @@ DEFAULT_OPSET = 18
 MAX_POINTS = 1024  # upper bound of the dynamic point count (boxes are two points)
 
 
+def _is_sam2(model: nn.Module) -> bool:
+    from ..families import family_of_model
+
+    return family_of_model(model).name == "sam2"
+
+
 def check_export_options(opset: int, sampling: str = DEFAULT_ONNX_SAMPLING) -> None:
     """Raises ValueError for an option the exporter does not support and RuntimeError when the
     compiled op is missing; cheap, so callers run it before any model is built."""
@@ -167,7 +173,20 @@ def export_decoder_onnx(
       sampling (str): ONNX form of the fused op, "gather" or "grid_sample" (stable_sam_ops._onnx).
       quantize_path (str or None): also write an onnxruntime dynamically quantized (uint8) copy.
     Returns: path.
+
+    A StableSam2 model is written in SAM 2's decoder interface instead (see
+    sam2_onnx_export.export_sam2_decoder_onnx; return_single_mask gives its single mask).
     """
+    if _is_sam2(model):
+        if use_stability_score or return_extra_metrics:
+            raise ValueError("use_stability_score and return_extra_metrics are options of SAM's "
+                             "decoder interface; SAM 2's outputs masks and iou_predictions")
+        from .sam2_onnx_export import export_sam2_decoder_onnx
+
+        return export_sam2_decoder_onnx(
+            model, path, opset=opset, multimask_output=not return_single_mask,
+            gelu_approximate=gelu_approximate, use_plugins=use_plugins, sampling=sampling,
+            quantize_path=quantize_path)
     check_export_options(opset, sampling)
     wrapper = StableSamOnnxModel(
         model,
@@ -230,8 +249,13 @@ def export_encoder_onnx(model: StableSam, path: str, *, opset: int = DEFAULT_OPS
 
     Input input_image (H, W, 3) float32 RGB 0..255 with max(H, W) = the model's input size
     (`ResizeLongestSide(img_size).apply_image(image)`); H and W are dynamic. Output
-    image_embeddings (1, 256, h, w), the decoder's first input.
+    image_embeddings (1, 256, h, w), the decoder's first input. A StableSam2 model is written
+    in SAM 2's encoder interface (see sam2_onnx_export.export_sam2_encoder_onnx).
     """
+    if _is_sam2(model):
+        from .sam2_onnx_export import export_sam2_encoder_onnx
+
+        return export_sam2_encoder_onnx(model, path, opset=opset)
     check_export_options(opset)
     wrapper = ImageEncoderOnnxModel(model)
     size = model.image_encoder.img_size
