@@ -3,6 +3,9 @@ opening (or a new request's first byte) to the request's last byte, headers and 
 alone times out only idle keep-alive connections, so a client that sends part of its headers or
 of its body and then goes quiet would hold its connection (and, once its headers are in, its
 request) for as long as it likes; here the connection is closed at the deadline instead.
+
+The same deadline holds for a client that stops reading: an answer it has not taken within that
+time (the write buffer stays full) is dropped with the connection, not kept in memory.
 """
 from __future__ import annotations
 
@@ -23,8 +26,27 @@ class RequestDeadlineProtocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._deadline: asyncio.TimerHandle | None = None
+        self._reader_deadline: asyncio.TimerHandle | None = None
         super().connection_made(transport)
         self._arm()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._reader_deadline is None:
+            self._reader_deadline = self.loop.call_later(self.request_timeout, self._not_reading)
+
+    def resume_writing(self) -> None:
+        self._stop_reader_deadline()
+        super().resume_writing()
+
+    def _stop_reader_deadline(self) -> None:
+        if self._reader_deadline is not None:
+            self._reader_deadline.cancel()
+            self._reader_deadline = None
+
+    def _not_reading(self) -> None:
+        self._reader_deadline = None
+        self.transport.abort()  # close() would wait for the buffer to drain: it never would
 
     def data_received(self, data: bytes) -> None:
         if self._deadline is None and self.conn.their_state is h11.IDLE:
@@ -35,6 +57,7 @@ class RequestDeadlineProtocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._stop_reader_deadline()
         super().connection_lost(exc)
 
     def _arm(self) -> None:

@@ -350,3 +350,30 @@ def test_an_image_too_elongated_for_the_model_is_a_refusal_not_a_failure(served)
                            "application/octet-stream")
     assert status == 400 and body["error"].startswith("the uploaded image cannot be used: "), body
     assert session.cached_ids() == before
+
+
+def test_a_client_that_stops_reading_is_dropped_at_the_deadline(demo_model):
+    """An answer the client does not take stays in the server's memory for as long as the
+    connection lives; now the connection is dropped once the answer has waited the deadline."""
+    noise = np.random.default_rng(0).integers(0, 256, (1500, 1500, 3), dtype=np.uint8)
+    with live_server(demo_model, cache_size=1, request_timeout=1.0) as (session, url):
+        status, loaded = request(url + "api/images", png_file_bytes(noise),
+                                 "application/octet-stream")
+        assert status == 200
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.connect(address(url))
+        sock.sendall((f"GET /api/images/{loaded['image_id']}.png HTTP/1.1\r\nHost: "
+                      "%s:%d\r\n\r\n" % address(url)).encode())
+        time.sleep(4)  # the answer (6.8 MB of noise) waits in the server's buffer
+        received = b""
+        sock.settimeout(10)
+        try:
+            while chunk := sock.recv(1 << 20):
+                received += chunk
+        except ConnectionResetError:
+            pass
+        finally:
+            sock.close()
+    assert received.startswith(b"HTTP/1.1 200")
+    assert len(received) < 6_000_000, "the whole answer waited for a client that did not read"
