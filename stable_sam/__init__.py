@@ -20,7 +20,7 @@ from .automatic_mask_generator import StableSamAutomaticMaskGenerator
 def __getattr__(name: str):
     # SAM 2's predictor subclasses sam2's, so importing stable_sam does not import sam2: the
     # SAM 2 names load on first use (ImportError naming the extra when sam2 is missing)
-    if name in ("StableSam2", "StableSam2ImagePredictor"):
+    if name in ("StableSam2", "StableSam2ImagePredictor", "StableSam2AutomaticMaskGenerator"):
         from .families.sam2.build import import_sam2
 
         import_sam2()
@@ -37,6 +37,7 @@ __all__ = [
     "StableHQSamPredictor",
     "StableSam",
     "StableSam2",
+    "StableSam2AutomaticMaskGenerator",
     "StableSam2ImagePredictor",
     "StableSamAutomaticMaskGenerator",
     "StableSamPlugins",

@@ -1,9 +1,10 @@
 """The SAM 2 family (sam2's SAM 2.1: sam2.1_hiera_tiny, sam2.1_hiera_small,
 sam2.1_hiera_base_plus, sam2.1_hiera_large and the random `sam2_tiny_random`): its builders over
 the sam2 package's own configs (`build`), SAM 2's decoder adapter (`decoder`), `StableSam2`
-(`model`) and `StableSam2ImagePredictor` (`predictor`), a drop-in for sam2's
-SAM2ImagePredictor. Needs the `sam2` extra (sam2, hydra-core, iopath); importing this package
-does not import sam2 until a model is built or the predictor is asked for."""
+(`model`), `StableSam2ImagePredictor` (`predictor`), a drop-in for sam2's SAM2ImagePredictor,
+and `StableSam2AutomaticMaskGenerator` (`automatic_mask_generator`). Needs the `sam2` extra
+(sam2, hydra-core, iopath); importing this package does not import sam2 until a model is built
+or the predictor is asked for."""
 from .build import SAM2_CONFIGS, build_sam2_model_type as build_base
 from .build import load_sam2_checkpoint as load_base_weights
 from .model import StableSam2
@@ -28,8 +29,12 @@ def __getattr__(name: str):
         from .predictor import StableSam2ImagePredictor
 
         return StableSam2ImagePredictor
+    if name == "StableSam2AutomaticMaskGenerator":
+        from .automatic_mask_generator import StableSam2AutomaticMaskGenerator
+
+        return StableSam2AutomaticMaskGenerator
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["SAM2_CONFIGS", "StableSam2", "StableSam2ImagePredictor", "base_predictor",
-           "build_base", "load_base_weights"]
+__all__ = ["SAM2_CONFIGS", "StableSam2", "StableSam2AutomaticMaskGenerator",
+           "StableSam2ImagePredictor", "base_predictor", "build_base", "load_base_weights"]

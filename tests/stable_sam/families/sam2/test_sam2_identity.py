@@ -71,7 +71,8 @@ def test_predict_is_sam2s(predictors, kind, multimask, normalize):
     prompt = PROMPTS[kind] if normalize else normalized(PROMPTS[kind])
     args = dict(prompt, multimask_output=multimask, normalize_coords=normalize)
     assert_same(ours.predict(**args), theirs.predict(**args))
-    assert_same(ours.predict(**args, return_logits=True), theirs.predict(**args, return_logits=True))
+    assert_same(ours.predict(**args, return_logits=True),
+                theirs.predict(**args, return_logits=True))
 
 
 @pytest.mark.parametrize("multimask", [False, True])
