@@ -105,7 +105,7 @@ def run(args) -> int:
         print(f"stable-sam serve: {args.model_type} model on {session.device}; open "
               f"{url_of(sock)}  (Ctrl+C stops)", flush=True)
         if not is_loopback(args.host):
-            print(f"WARNING: listening on {args.host}: other machines can reach this page",
-                  file=sys.stderr)
+            print(f"WARNING: listening on {args.host}: other machines can reach this page (by "
+                  "this machine's IP address: the server answers no other name)", file=sys.stderr)
         serve_forever(app, sock)
     return 0

@@ -27,7 +27,11 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def url_of(sock: socket.socket) -> str:
+    """The page's URL on this machine. A socket on every address (0.0.0.0, ::) is opened by
+    loopback: the page must be addressed as the address it arrives on (see guards), and no
+    request arrives on 0.0.0.0."""
     host, port = sock.getsockname()[:2]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 

@@ -157,3 +157,14 @@ def test_the_pixel_limit_of_the_image_reader_holds_for_uploads(monkeypatch, caps
                                png_file_bytes(make_scene(TEST_SEED, 1, 80).image),
                                "application/octet-stream")
     assert status == 400 and "80x80 = 6400 pixels, over the" in body["error"]
+
+
+def test_a_server_on_every_address_prints_a_url_it_answers(demo_model):
+    """--host 0.0.0.0 printed http://0.0.0.0:PORT/, a Host no request arrives on."""
+    from stable_sam.serve.app import create_app
+    from stable_sam.serve.server import ServerThread
+    from stable_sam.serve.session import DemoSession
+
+    with ServerThread(create_app(DemoSession(demo_model)), host="0.0.0.0") as url:
+        assert url.startswith("http://127.0.0.1:")
+        assert request(url + "api/info")[0] == 200
