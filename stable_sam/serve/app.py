@@ -2,11 +2,12 @@
 
     GET  /                       the page
     GET  /api/info               model, scenes, limits
-    POST /api/scenes/{index}     load a bundled held-out scene -> {image_id, width, height, box}
+    POST /api/scenes/{index}     {} -> load a bundled held-out scene: {image_id, width, height, box}
     POST /api/images             load an uploaded image (the file as the body) -> {image_id, ...}
     GET  /api/images/{id}.png    a loaded image, as the server decoded it (EXIF applied)
     POST /api/predict            {image_id, box?, points?} -> both models' masks
-    POST /api/shake              {image_id, box, seed?} -> 20 noisy boxes, both models' masks, mSF
+    POST /api/shake              {image_id, box, seed?} -> 20 noisy boxes, both models' masks
+                                 (at most 1024 px on a side: mask_size), mSF
 
 Every answer that is not a success is a JSON {"error": message} with its status (the app's own
 refusals, the framework's 404/405/422 and an unexpected failure's 500 alike), which the page
@@ -14,7 +15,7 @@ shows as it is. Before a request reaches a route it passes the guards (stable_sa
 only this server's own page is answered (Host and Origin), a POST must be JSON (or image bytes
 for an upload) of at most its route's size, read in full before it takes one of the
 `max_in_flight` slots (the others get 429 at once), and the server closes a connection whose
-request has not arrived within its deadline (stable_sam.serve.server). The model runs one
+request has not arrived within its deadline (stable_sam.serve.deadline). The model runs one
 request at a time.
 """
 from __future__ import annotations
