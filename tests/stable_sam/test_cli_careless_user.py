@@ -111,6 +111,20 @@ def _cases(base: Path) -> dict:
             eval_common + ["--prompts", str(base / "prompts_other.json"),
                            "--out", str(base / "e4")], {}, [base / "prompts_other.json"],
             "frozen for another mask"),
+        "segment_overwrite_onto_a_fifo": (
+            seg + ["--out-dir", str(base / "fifo_out"), "--overwrite"], {}, [],
+            "synthetic_0000_mask.png' is not a regular file"),
+        "segment_image_too_elongated": (
+            ["segment", str(base / "strip.png"), "--box", "0", "0", "3", "2", *TINY,
+             "--out-dir", str(base / "s6")], {}, [],
+            r"a 3000x2 image is too elongated for this model"),
+        "export_onnx_overwrite_onto_a_device_link": (
+            # a link to the device: were the check broken, the link is replaced, not /dev/null
+            ["export-onnx", *TINY, "--output", str(base / "null.onnx"), "--overwrite"], {}, [],
+            "null.onnx' is not a regular file"),
+        "evaluate_prompts_is_a_fifo": (
+            eval_common + ["--prompts", str(base / "prompts.fifo"), "--out", str(base / "e6")],
+            {}, [], "--prompts .* is not a regular file"),
         "evaluate_coco_file_name_escapes": (
             ["evaluate", *TINY, "--data", "coco", str(base / "coco" / "images"),
              str(base / "coco" / "annotations.json"), "--prompts", str(base / "p_coco.json"),
@@ -139,6 +153,11 @@ def _prepare(base: Path) -> None:
     speck[501, 501] = 255  # one pixel: it passes the data check, then vanishes at 256 px
     Image.fromarray(speck).save(vanishing / "gt" / "synthetic_0001.png")
     (base / "afile.txt").write_text("a user's notes\n")
+    (base / "fifo_out").mkdir()
+    os.mkfifo(base / "fifo_out" / "synthetic_0000_mask.png")  # read or replaced, it hangs or is lost
+    Image.new("RGB", (3000, 2)).save(base / "strip.png")
+    os.symlink(os.devnull, base / "null.onnx")
+    os.mkfifo(base / "prompts.fifo")
     Image.new("L", (300, 200)).save(base / "bomb.png")
     (base / "seg_done").mkdir()
     Image.new("L", (64, 48)).save(base / "seg_done" / "synthetic_0000_mask.png")
