@@ -62,6 +62,8 @@ def _host_problem(host: str | None, server) -> str | None:
     if server is None:  # a Unix socket: no address to compare with
         return None
     address, port = ipaddress.ip_address(server[0].split("%")[0]), server[1]
+    if address.version == 6 and address.ipv4_mapped is not None:  # IPv4 on a socket on ::
+        address = address.ipv4_mapped
     if not host:
         return "the request has no Host header"
     try:

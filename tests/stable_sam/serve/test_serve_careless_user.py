@@ -377,3 +377,24 @@ def test_a_client_that_stops_reading_is_dropped_at_the_deadline(demo_model):
             sock.close()
     assert received.startswith(b"HTTP/1.1 200")
     assert len(received) < 6_000_000, "the whole answer waited for a client that did not read"
+
+
+@pytest.mark.parametrize("host, server, answered", [
+    ("127.0.0.1:8000", ("127.0.0.1", 8000), True),
+    ("localhost:8000", ("127.0.0.2", 8000), True),
+    ("LOCALHOST:8000", ("::1", 8000), True),
+    ("[::1]:8000", ("::1", 8000), True),
+    ("127.0.0.1:8000", ("::ffff:127.0.0.1", 8000), True),  # IPv4 on a socket bound to ::
+    ("192.168.1.5:8000", ("192.168.1.5", 8000), True),
+    ("localhost:8000", ("192.168.1.5", 8000), False),  # localhost is not that address
+    ("mybox.example:8000", ("192.168.1.5", 8000), False),  # a name can be rebound
+    ("127.0.0.1", ("127.0.0.1", 8000), False),  # port 80 implied
+    ("127.0.0.1:8001", ("127.0.0.1", 8000), False),
+    ("127.0.0.1:80x", ("127.0.0.1", 8000), False),
+    ("[::1:8000", ("::1", 8000), False),
+    (None, ("127.0.0.1", 8000), False),
+])
+def test_which_host_headers_name_the_server(host, server, answered):
+    from stable_sam.serve.guards import _host_problem
+
+    assert (_host_problem(host, server) is None) == answered
