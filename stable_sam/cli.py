@@ -66,6 +66,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         # unreadable or unwritable is the user's to fix; the message names it
         print(f"stable-sam {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl+C where a command has no stop of its own: no traceback
+        print(f"stable-sam {args.command}: interrupted by Ctrl+C", file=sys.stderr)
+        return 128 + 2  # the shell's code for "killed by SIGINT"
 
 
 if __name__ == "__main__":
