@@ -7,10 +7,13 @@ import socket
 import threading
 import time
 
+from .deadline import with_request_deadline  # uvicorn's protocol: a missing uvicorn shows here
+
 # Seconds from a request's first byte (or from the connection's opening) to its last: a 20 MiB
 # upload needs 0.7 MB/s; a client that sends part of its headers or body and goes quiet is cut
 # off then, so it holds a connection for no longer (and never an in-flight slot: see guards).
 REQUEST_TIMEOUT = 30.0
+
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on (host, port); OSError says why it cannot be had."""
@@ -37,8 +40,6 @@ def url_of(sock: socket.socket) -> str:
 
 def _server(app, log_level: str, request_timeout: float):
     import uvicorn
-
-    from .deadline import with_request_deadline
 
     # One worker process (the model is loaded once, in this process); no access log, so a
     # burst of requests does not flood the terminal. The protocol is h11 whatever else is
