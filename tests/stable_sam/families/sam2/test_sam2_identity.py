@@ -186,3 +186,22 @@ def test_predictor_refuses_other_models():
     sam = build_stable_sam("tiny")
     with pytest.raises(TypeError, match="StableSam2"):
         StableSam2ImagePredictor(sam)
+
+
+def test_predict_torch_through_transform_is_predict(predictors):
+    """The SamPredictor-style path the evaluation and the demo server take (prompts mapped by
+    `transform`, then predict_torch) gives predict's masks, scores and logits exactly."""
+    ours, _ = predictors
+    boxes = PROMPTS["boxes"]["box"]
+    frame = torch.as_tensor(ours.transform.apply_boxes(boxes, ours.original_size),
+                            dtype=torch.float)
+    masks, scores, logits = ours.predict_torch(None, None, frame, multimask_output=False)
+    assert_same(tuple(t.float().numpy() for t in (masks, scores, logits)),
+                ours.predict(box=boxes, multimask_output=False))
+    coords, labels = POINTS
+    frame = torch.as_tensor(ours.transform.apply_coords(coords, ours.original_size)[None],
+                            dtype=torch.float)
+    masks, scores, logits = ours.predict_torch(frame, torch.as_tensor(labels[None]),
+                                               multimask_output=True)
+    assert_same(tuple(t[0].float().numpy() for t in (masks, scores, logits)),
+                ours.predict(point_coords=coords, point_labels=labels))
