@@ -101,6 +101,7 @@ class SameOriginOnly:
                 origin.lower() != f"{scope.get('scheme', 'http')}://{host}".lower():
             problem = f"the request comes from the page {origin!r}, not from this server's page"
         if problem is not None:
+            problem = problem if len(problem) <= 200 else problem[:197] + "..."  # quotes headers
             await send_error(send, 403, f"{problem}: this server answers only its own page, "
                              "opened at the address `stable-sam serve` printed")
             return
