@@ -86,6 +86,7 @@ def test_every_target_of_a_scene_is_drawn():
     rng = np.random.default_rng(0)
     drawn = {id(m) for _ in range(50) for m in _pick_targets(targets, 4, rng)}
     assert drawn == {id(m) for m in targets} and len(targets) >= 3
+    assert len({id(m) for m in _pick_targets(targets, 3, rng)}) == 3  # no repeats when enough
     assert len(_pick_targets(targets[:1], 4, rng)) == 4
 
 
