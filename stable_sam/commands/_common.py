@@ -129,15 +129,20 @@ def load_image(path: str, model_type: Optional[str] = None) -> np.ndarray:
     """RGB uint8 HxWx3, through the package's one image reader; with a model type, also
     checked to fit that model's input (the predictor's own check, made before any model)."""
     from ..data.image_files import ImageReadError, read_rgb
-    from ..families.predictor_base import ImageSizeError, check_image_size
+    from ..families import family_of
+    from ..families.predictor_base import ImageSizeError
 
     try:
         image = read_rgb(path)
     except (ImageReadError, FileNotFoundError) as exc:
         raise CliError(str(exc)) from None
     if model_type is not None:
+        # the predictor's own rule (SAM's resize keeps the aspect ratio; SAM 2's does not)
+        predictor_class = family_of(model_type).load_adapter().PREDICTOR_CLASS
+        check = getattr(predictor_class, "check_image_size", None)
         try:
-            check_image_size(image.shape[0], image.shape[1], model_image_size(model_type))
+            if check is not None:
+                check(image.shape[0], image.shape[1], model_image_size(model_type))
         except ImageSizeError as exc:
             raise CliError(f"{path}: {exc}") from None
     return image

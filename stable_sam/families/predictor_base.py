@@ -63,6 +63,8 @@ class PluginPredictor(SamPredictor):
 
     model_class: Type[nn.Module] = nn.Module
     base_hint = "segment_anything.SamPredictor"
+    # the image sizes this predictor's resize can take; the CLI asks it before building a model
+    check_image_size = staticmethod(check_image_size)
 
     def __init__(self, sam_model: nn.Module) -> None:
         if not isinstance(sam_model, self.model_class):
@@ -84,7 +86,7 @@ class PluginPredictor(SamPredictor):
         """SamPredictor.set_image, after check_image_array and check_image_size (ValueError /
         ImageSizeError where SAM would compute garbage or fail inside its resize)."""
         check_image_array(image)
-        check_image_size(image.shape[0], image.shape[1], self.model.image_encoder.img_size)
+        self.check_image_size(image.shape[0], image.shape[1], self.model.image_encoder.img_size)
         super().set_image(image, image_format)
 
     def _require_image(self) -> None:
@@ -144,7 +146,7 @@ class PluginPredictor(SamPredictor):
 
         def check(image: np.ndarray) -> None:  # what set_image checks, per image
             check_image_array(image)
-            check_image_size(image.shape[0], image.shape[1], self.model.image_encoder.img_size)
+            self.check_image_size(image.shape[0], image.shape[1], self.model.image_encoder.img_size)
 
         return batched_prompts.family_batching(self.model).embed_images(
             self, images, image_format, check_image=check)

@@ -264,3 +264,14 @@ def test_overwrite_replaces_only_a_regular_file(image_path, tmp_path, capsys, ki
     after = os.lstat(mask)
     assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
     assert sorted(os.listdir(out)) == ["scene_mask.png"]  # no overlay written either
+
+
+@pytest.mark.parametrize("model_type", ["tiny", "demo", "hq_tiny"])
+def test_model_image_size_is_the_models(model_type):
+    # the CLI checks images (and freezes coarse-mask prompts) for this size before any model
+    from stable_sam import build_stable_sam
+    from stable_sam.commands._common import model_image_size
+
+    if model_type.startswith("hq_"):
+        pytest.importorskip("segment_anything_hq")
+    assert model_image_size(model_type) == build_stable_sam(model_type).image_encoder.img_size
