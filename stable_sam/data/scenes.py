@@ -186,7 +186,8 @@ def _make_scene_v2(seed: int, index: int, size: int) -> Scene:
 
     for _ in range(int(rng.integers(2, 6))):  # clutter, under everything else
         centre = rng.uniform(0.05, 0.95, size=2) * size
-        on_top(_shape(rng, str(rng.choice(("blob", "polygon"))), centre, size * 0.04, height, width))
+        on_top(_shape(rng, str(rng.choice(("blob", "polygon"))), centre, size * 0.04, height,
+                      width))
     clutter = len(masks)
     scale = size * rng.uniform(0.11, 0.17)
     centre = rng.uniform(0.2, 0.8, size=2) * size  # anywhere, not only near the centre

@@ -110,7 +110,8 @@ def markdown_section(table: dict, command: str, machine: str, note: str = "") ->
              "### Table 2 shape: every method and prompt kind", "", head,
              "|" + " --- |" * (2 + len(KINDS))]
     for method, row in table["methods"].items():
-        cells = [" / ".join((_with_interval(row["kinds"][k], "mIoU"), _cell(row["kinds"][k]["mBIoU"]),
+        cells = [" / ".join((_with_interval(row["kinds"][k], "mIoU"),
+                             _cell(row["kinds"][k]["mBIoU"]),
                              _with_interval(row["kinds"][k], "mSF"))) for k in KINDS]
         lines.append(f"| {TITLES.get(method, method)} | {row['trainable_params']:,} | "
                      + " | ".join(cells) + " |")

@@ -19,7 +19,8 @@ def test_the_shipped_file_is_the_legacy_architecture():
     assert isinstance(model.sam.image_encoder, ConvImageEncoder)
 
 
-@pytest.mark.parametrize("saved, into", [("demo-sam/2", "demo-sam/1"), ("demo-sam/1", "demo-sam/2")])
+@pytest.mark.parametrize("saved, into", [("demo-sam/2", "demo-sam/1"),
+                                         ("demo-sam/1", "demo-sam/2")])
 def test_a_file_loads_into_its_own_architecture(tmp_path, saved, into):
     sam = build_demo_sam(saved)
     with torch.no_grad():
