@@ -287,7 +287,9 @@ def check_output_file(flag: str, path: str, overwrite: bool) -> None:
     if os.path.lexists(path):
         try:
             mode = os.stat(path).st_mode
-        except OSError as exc:  # a dangling link, or a path we may not look at
+        except FileNotFoundError:
+            raise CliError(f"{flag} {path!r} is a link to a missing file") from None
+        except OSError as exc:  # a path we may not look at
             raise CliError(f"{flag} {path!r} cannot be replaced: {exc.strerror or exc}") from None
         if not stat.S_ISREG(mode):
             raise CliError(f"{flag} {path!r} is not a regular file (a FIFO, socket or device); "

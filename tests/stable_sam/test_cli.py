@@ -275,3 +275,12 @@ def test_model_image_size_is_the_models(model_type):
     if model_type.startswith("hq_"):
         pytest.importorskip("segment_anything_hq")
     assert model_image_size(model_type) == build_stable_sam(model_type).image_encoder.img_size
+
+
+def test_output_that_is_a_dangling_link_is_refused(image_path, tmp_path, capsys):
+    os.symlink(tmp_path / "gone", tmp_path / "scene_mask.png")
+    rc = cli.main(["segment", image_path, "--box", "60", "45", "180", "135", *TINY,
+                   "--out-dir", str(tmp_path), "--overwrite"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "scene_mask.png' is a link to a missing file" in err, err
+    assert os.path.islink(tmp_path / "scene_mask.png")
