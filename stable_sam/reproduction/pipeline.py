@@ -37,11 +37,16 @@ class ReproductionError(Exception):
     """Something the work folder holds cannot be used; the message names it and what to do."""
 
 
-def read_json(path: Path, what: str, remedy: str):
+def read_json(path: Path, what: str, remedy: str) -> dict:
+    """A JSON object the reproduction wrote; ReproductionError naming it if it is damaged."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
     except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ReproductionError(f"{what} {path} cannot be read ({exc}): {remedy}") from None
+    if not isinstance(obj, dict):
+        raise ReproductionError(f"{what} {path} holds a {type(obj).__name__}, not an object: "
+                                f"{remedy}")
+    return obj
 
 
 def check_settings(out: Path, settings: dict) -> None:

@@ -87,6 +87,8 @@ CASES = {
                                       r"training stable_sam: could not read training checkpoint"),
     "truncated_settings_record": (_truncate("settings.json"), [], r"settings record"),
     "truncated_scene_hashes": (_truncate("scenes_test.sha256.json"), [], r"the scenes' hashes"),
+    "scene_hashes_not_an_object": (lambda run: (run / "scenes_test.sha256.json").write_text("[]"),
+                                   [], r"the scenes' hashes .* holds a list, not an object"),
     "other_settings_than_the_run": (None, ["--base-steps", "4"],
                                     r"made with other settings \(--base-steps 3 -> 4\)"),
     "a_folder_that_is_no_reproduction": (_without_settings, [], r"holds no settings\.json"),
