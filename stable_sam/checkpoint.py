@@ -171,7 +171,8 @@ def load_plugins(model: nn.Module, path: str) -> Dict[str, Any]:
     """Loads plugin weights saved by `save_plugins` into model.plugins; returns the metadata.
 
     The file's model type and plugin config must match the model's (the plugins are trained on
-    one backbone's features; a file without a model type loads only into a model without one), and its tensors must match model.plugins' keys and shapes.
+    one backbone's features; a file without a model type loads only into a model without one),
+    and its tensors must match model.plugins' keys and shapes.
     """
     meta = read_plugin_metadata(path)
     if model.model_type and not meta["model_type"]:

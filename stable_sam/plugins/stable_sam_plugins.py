@@ -9,7 +9,7 @@ and values of that layer's token-to-image attention:
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Tuple, Union
 
 import torch
 from torch import Tensor, nn

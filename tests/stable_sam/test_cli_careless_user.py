@@ -154,7 +154,7 @@ def _prepare(base: Path) -> None:
     Image.fromarray(speck).save(vanishing / "gt" / "synthetic_0001.png")
     (base / "afile.txt").write_text("a user's notes\n")
     (base / "fifo_out").mkdir()
-    os.mkfifo(base / "fifo_out" / "synthetic_0000_mask.png")  # read or replaced, it hangs or is lost
+    os.mkfifo(base / "fifo_out" / "synthetic_0000_mask.png")  # replaced, it would be lost
     Image.new("RGB", (3000, 2)).save(base / "strip.png")
     os.symlink(os.devnull, base / "null.onnx")
     os.mkfifo(base / "prompts.fifo")
