@@ -28,7 +28,6 @@ HELP = ("run the embedded demo model (a small model trained on generated scenes,
 UPSCALE = 2  # the scenes are 256 px; drawn at twice that so the points are visible
 GRID_SCENES = tuple(range(8))  # the first eight held-out scenes: a rule blind to the results
 PROMPT_SEED = 0  # each scene's prompts come from numpy's default_rng((PROMPT_SEED, scene))
-NUM_HELD_OUT = 50  # the held-out split's scenes (stable_sam.reproduction.pipeline)
 TABLE = Path("benchmarks") / "reproduction.json"  # the published table, in a source checkout
 TABLE_KINDS = (("noisy_box", "casual box"), ("points1", "one click"))
 
@@ -36,8 +35,8 @@ TABLE_KINDS = (("noisy_box", "casual box"), ("points1", "one click"))
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("demo", help=HELP, description=HELP)
     parser.add_argument("--scene", type=int, default=None,
-                        help=f"draw this held-out scene (0..{NUM_HELD_OUT - 1}) in detail "
-                        "instead of the grid of the first eight")
+                        help="draw this held-out scene (0 to 49) in detail instead of the grid "
+                        "of the first eight")
     parser.add_argument("--out-dir", default=".", help="output folder (created if missing)")
     parser.add_argument("--top-k", type=int, default=16,
                         help="with --scene: image tokens whose sampling points are drawn "
@@ -98,24 +97,26 @@ def _row(image, predictor, model, prompts, top_k, title):
 
 
 def published_table():
-    """(path, {kind: {method: (mIoU, mSF)}}) of the published table for the shipped weights,
-    or (path, None) where it is not there (an installed package has no benchmarks/)."""
+    """{kind: {method: (mIoU, mSF)}} of the published table for the shipped weights, or None
+    where it is not there (an installed package has no benchmarks/)."""
     import stable_sam
 
     path = Path(stable_sam.__file__).resolve().parents[1] / TABLE
     try:
         methods = json.loads(path.read_text(encoding="utf-8"))["methods"]
-        return path, {kind: {m: (methods[m]["kinds"][kind]["mIoU"], methods[m]["kinds"][kind]["mSF"])
-                             for m in ("sam", "stable_sam")} for kind, _ in TABLE_KINDS}
+        return {kind: {m: (methods[m]["kinds"][kind]["mIoU"], methods[m]["kinds"][kind]["mSF"])
+                       for m in ("sam", "stable_sam")} for kind, _ in TABLE_KINDS}
     except (OSError, ValueError, KeyError, TypeError):
-        return path, None
+        return None
 
 
 def check_arguments(args) -> str:
     """Every argument and the output, before the model is built; returns the output path."""
-    if args.scene is not None and not 0 <= args.scene < NUM_HELD_OUT:
-        raise _common.CliError(f"--scene must be >= 0 and <= {NUM_HELD_OUT - 1} (the held-out "
-                               f"split's scenes), is {args.scene}")
+    from ..reproduction.pipeline import NUM_TEST_SCENES
+
+    if args.scene is not None and not 0 <= args.scene < NUM_TEST_SCENES:
+        raise _common.CliError(f"--scene must be >= 0 and <= {NUM_TEST_SCENES - 1} (the "
+                               f"held-out split's scenes), is {args.scene}")
     if args.top_k < 1:
         raise _common.CliError(f"--top-k must be >= 1, is {args.top_k}")
     _common.check_device(args.device)
@@ -215,7 +216,9 @@ def _grid(predictor) -> np.ndarray:
 
 
 def _caption(mean_ious) -> list:
-    path, table = published_table()
+    from ..reproduction.pipeline import NUM_TEST_SCENES
+
+    table = published_table()
     lines = [f"Demo model (generated scenes, not photographs): held-out scenes "
              f"{GRID_SCENES[0]}-{GRID_SCENES[-1]}, the first eight by index, not chosen by result.",
              f"Prompts: one noisy box (the evaluation's, scale 0.4) and one click per scene from "
@@ -227,7 +230,8 @@ def _caption(mean_ious) -> list:
     if table is None:
         return lines + [f"Published table: {TABLE} is not there (it ships with a source "
                         "checkout)."]
-    lines.append(f"Published table ({TABLE}, all {NUM_HELD_OUT} held-out scenes, frozen prompts):")
+    lines.append(f"Published table ({TABLE}, all {NUM_TEST_SCENES} held-out scenes, frozen "
+                 "prompts):")
     for kind, title in TABLE_KINDS:
         (sam_miou, sam_msf), (ours_miou, ours_msf) = table[kind]["sam"], table[kind]["stable_sam"]
         lines.append(f"  {title}: SAM mIoU {_number(sam_miou)}, mSF {_number(sam_msf)}; "

@@ -74,7 +74,7 @@ def source_checkout() -> Path:
         is_ours = 'name = "stable-sam"' in pyproject.read_text(encoding="utf-8")
     except OSError:
         is_ours = False
-    if not (is_ours and (root / "benchmarks").is_dir() and (root / "tests" / "stable_sam").is_dir()):
+    if not (is_ours and all((root / d).is_dir() for d in ("benchmarks", "tests/stable_sam"))):
         raise CliError(f"--publish writes into a source checkout of stable-sam, and the package "
                        f"runs from {root}, which is not one (an installed package): run it from "
                        "a clone")
