@@ -190,3 +190,18 @@ def test_one_prompt_set_per_image(predictor):
 def test_images_are_checked_as_set_image_checks_them(predictor):
     with pytest.raises(ValueError, match="must be in 0..1"):
         predictor.embed_images([_images()[0], _images()[1].astype(np.float32)])
+
+
+def test_one_box_on_each_image_after_an_empty_one(predictor):
+    """Images 1-4 with one box each: their rows 1..4 are taken as a view of the embeddings."""
+    images = _images()
+    rng = np.random.default_rng(5)
+    prompts = [ImagePrompts()] + [
+        ImagePrompts(boxes=np.concatenate([xy, xy + 30], axis=1))
+        for xy in (rng.uniform(0, 100, (1, 2)) for _ in images[1:])]
+    expected = _loop(predictor, images, prompts, False)
+    got = predictor.predict_across_images(predictor.embed_images(images), prompts, False,
+                                          return_logits=True)
+    for i in range(1, len(images)):
+        np.testing.assert_allclose(got[2][i], expected[i][2], atol=TOL, rtol=0)
+        np.testing.assert_allclose(got[0][i], expected[i][0], atol=TOL, rtol=0)
