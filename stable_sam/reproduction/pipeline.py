@@ -175,7 +175,7 @@ def train_methods(out: Path, base: Path, train_dir: Path, methods=METHODS,
             # checkpoint left only a log, nothing to continue from: start it again.
             cut = (path.parent / CHECKPOINT_NAME).is_file()
             try:
-                result = train(config, resume=cut, overwrite=not cut)
+                result = train(config, resume=cut, overwrite=not cut, announce_stop=False)
             except (CheckpointError, FileNotFoundError, ValueError, FloatingPointError) as exc:
                 # as `stable-sam train` reports them: bad data, a damaged checkpoint
                 raise ReproductionError(f"training {method}: {exc}") from None

@@ -74,15 +74,20 @@ __all__ = ["train"]
 
 
 def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-          ctx: Optional[DistContext] = None) -> Dict[str, Any]:
+          ctx: Optional[DistContext] = None, announce_stop: bool = True) -> Dict[str, Any]:
     """Runs (or resumes) training; see `_train`. A new run refuses an output folder that holds
-    a run unless `overwrite`. Restores torch's deterministic-algorithms switch, thread count and
+    a run unless `overwrite`. `announce_stop=False` leaves the line about a stopped run to the
+    caller (`stable-sam reproduce` says how to continue in its own words). Restores torch's deterministic-algorithms switch, thread count and
     SIGTERM handler afterwards, so an in-process call leaks none."""
     prepare_out_dir(config.out_dir, resume=resume, overwrite=overwrite)
     deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     try:
         with StopRequest() as stop:
-            return _train(config, resume=resume, ctx=ctx, stop=stop)
+            result = _train(config, resume=resume, ctx=ctx, stop=stop)
+        if result.pop("is_main") and result["stopped"] and announce_stop:
+            print(f"stopped by SIGTERM after step {result['step']}; {result['checkpoint']} is "
+                  "up to date, continue with --resume", file=sys.stderr, flush=True)
+        return result
     finally:
         torch.use_deterministic_algorithms(deterministic)
         torch.set_num_threads(threads)
@@ -285,12 +290,9 @@ def _finish(run: _Run, log: TrainingLog, step: int, last_loss: float,
     out_dir = run.out_dir
     result: Dict[str, Any] = {"step": step, "loss": last_loss, "model": run.model,
                               "checkpoint": str(out_dir / CHECKPOINT_NAME), "stopped": stopped}
-    if run.ctx.is_main:
-        if stopped:
-            print(f"stopped by SIGTERM after step {step}; {out_dir / CHECKPOINT_NAME} is up to "
-                  "date, continue with --resume", file=sys.stderr, flush=True)
-        else:
-            result["weights"] = str(save_final_weights(run.model, run.config, run.spec, out_dir))
+    result["is_main"] = run.ctx.is_main
+    if run.ctx.is_main and not stopped:
+        result["weights"] = str(save_final_weights(run.model, run.config, run.spec, out_dir))
     log.close()
     if run.ctx.distributed:
         dist.barrier()

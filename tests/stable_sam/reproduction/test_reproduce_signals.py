@@ -48,6 +48,7 @@ def test_signals_stop_a_stage_with_one_line_and_a_rerun_continues(tmp_path):
     assert lines[-1].startswith("stable-sam reproduce: stopped by Ctrl+C (SIGINT) while "
                                 "training stable_sam"), lines
     assert not any("Traceback" in line or "KeyboardInterrupt" in line for line in lines), lines
+    assert not any("--resume" in line for line in lines), lines  # the trainer's own words
     assert (out / "stable_sam" / "checkpoint.pt").is_file()
     assert not (out / "stable_sam" / "plugins.safetensors").exists()
     steps_before = (out / "stable_sam" / "log.csv").read_text().splitlines()

@@ -125,7 +125,7 @@ def test_resume_refuses_a_changed_config(tmp_path, capsys):
     assert load_train_checkpoint(out / CHECKPOINT_NAME)["step"] == 2
 
 
-def test_sigterm_checkpoints_the_current_step_and_resumes_exactly(tmp_path, monkeypatch):
+def test_sigterm_checkpoints_the_current_step_and_resumes_exactly(tmp_path, monkeypatch, capsys):
     import stable_sam.training.loop as loop_module
     from stable_sam.cli import main
 
@@ -143,6 +143,8 @@ def test_sigterm_checkpoints_the_current_step_and_resumes_exactly(tmp_path, monk
     monkeypatch.setattr(loop_module, "mask_loss", loss_with_a_sigterm_in_step_4)
     previous_handler = signal.getsignal(signal.SIGTERM)
     assert main(_command(data, stopped, 1000, 0)[3:]) == 143
+    assert (f"stopped by SIGTERM after step 4; {stopped / CHECKPOINT_NAME} is up to date, "
+            "continue with --resume") in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is previous_handler  # the trainer's handler is gone
     assert load_train_checkpoint(stopped / CHECKPOINT_NAME)["step"] == 4  # not a ckpt_every step
     assert not (stopped / "plugins.safetensors").exists()  # no "final" weights from a stopped run
