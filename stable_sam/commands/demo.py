@@ -59,8 +59,9 @@ def scene_prompts(mask: np.ndarray, scene: int):
 
 
 def casual_prompts(mask: np.ndarray, seed: int = 0):
-    """A loose box (noisy, IoU with the GT box below 0.75) and one click on the object: the
-    serve page's scene box (the demo's pictures take `scene_prompts` as drawn)."""
+    """A loose box (noisy, redrawn until its IoU with the GT box is below 0.75) and one click
+    on the object: the serve page's "Casual box" (the demo's grid takes `scene_prompts` as
+    drawn, without the redraw)."""
     from ..data.prompts import box_iou, gt_box, noisy_box, positive_points
 
     rng = np.random.default_rng(seed)

@@ -205,7 +205,7 @@ def _masks_made_at(predictor, size: tuple[int, int]):
 
 def scene_image(index: int, num_scenes: int) -> tuple[np.ndarray, list[float]]:
     """Held-out generated scene `index` of `num_scenes` (the demo model never trained on them)
-    and a casual box on its target (the box `stable-sam demo` draws)."""
+    and a casual box on its target (`casual_prompts`: noisy, from seed 0, loose by rule)."""
     from ..commands.demo import casual_prompts
     from ..data.scenes import TEST_SEED, make_scene
 

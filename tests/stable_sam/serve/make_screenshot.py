@@ -2,8 +2,9 @@
 headless chromium.
 
 What it shows is fixed by a rule that never looks at either model's result: held-out scene 0
-(the first of the 50, the scene `stable-sam demo` draws by default), its casual box (the loose
-box `stable-sam demo` draws on the scene's target), then the shake with seed 0 (the page's
+(the first of the 50, the first of the `stable-sam demo` grid), its casual box (the page's
+"Casual box": a noisy box from seed 0, redrawn until its IoU with the target's box is below
+0.75, so it is really loose), then the shake with seed 0 (the page's
 ?seed=0, so the same 20 noisy boxes every time).
 
     .venv/bin/python tests/stable_sam/serve/make_screenshot.py docs/serve_demo.png
