@@ -4,6 +4,8 @@ SAM 2's clamp) on random prompts: 1 to 3 prompts sharing the image, 1 to 6 click
 without a box and a mask input, multimask and single mask (with
 dynamic_multimask_via_stability, on in build_sam2)."""
 
+import warnings
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -143,3 +145,22 @@ def test_single_mask_falls_back_as_sam2_does(model, tmp_path):
     assert 0 < fell_back.sum() < len(fell_back)
     np.testing.assert_allclose(masks, expected_masks.numpy(), atol=LOGIT_TOL, rtol=0)
     np.testing.assert_allclose(iou, expected_iou.numpy(), atol=IOU_TOL, rtol=0)
+
+
+@pytest.mark.slow
+def test_hiera_small_decoder_matches_pytorch(tmp_path):
+    """The real decoder size (1024 px input: 64 x 64 grid, 256 x 256 high-res features), random
+    weights (the real checkpoints cannot be downloaded here)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # no checkpoint: random SAM 2
+        model = perturb_plugins(build_stable_sam("sam2.1_hiera_small"), seed=2).eval()
+    path = tmp_path / "decoder.onnx"
+    export_sam2_decoder_onnx(model, str(path))
+    for seed, (num_prompts, num_points, with_box, with_mask) in enumerate(
+            [(1, 1, False, False), (3, 4, True, True)]):
+        feeds = _random_feeds(model, num_prompts, num_points, with_box, with_mask, seed)
+        masks, iou = _run(path, feeds)
+        expected_masks, expected_iou = _pytorch(model, feeds, True)
+        assert masks.shape == (num_prompts, 3, 256, 256)
+        np.testing.assert_allclose(masks, expected_masks.numpy(), atol=LOGIT_TOL, rtol=0)
+        np.testing.assert_allclose(iou, expected_iou.numpy(), atol=IOU_TOL, rtol=0)
