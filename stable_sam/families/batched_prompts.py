@@ -350,12 +350,17 @@ def predict_across_images(
         raise ValueError(f"{len(images)} images but prompts for {len(prompts)}")
     model = predictor.model
     batching = family_batching(model)
-    tensors = [batching.prompt_tensors(predictor, p.checked(i), images.original_sizes[i],
-                                       **(prompt_options or {}))
-               for i, p in enumerate(prompts)]
-    image_pe = model.prompt_encoder.get_dense_pe()
     like = images.tensors["image_embeddings"]
     h, w = like.shape[-2:]
+    checked = [p.checked(i) for i, p in enumerate(prompts)]
+    for i, p in enumerate(checked):
+        if p.mask_input is not None and p.mask_input.shape[-2:] != (4 * h, 4 * w):
+            raise ValueError(f"prompts of image {i}: mask_input must be (K, 1, {4 * h}, {4 * w}) "
+                             f"for this model, got {p.mask_input.shape}")
+    tensors = [batching.prompt_tensors(predictor, p, images.original_sizes[i],
+                                       **(prompt_options or {}))
+               for i, p in enumerate(checked)]
+    image_pe = model.prompt_encoder.get_dense_pe()
     m = batching.masks_per_prompt(multimask_output, **decode_options)
     empty = (like.new_zeros(0, m, 4 * h, 4 * w), like.new_zeros(0, m))
 

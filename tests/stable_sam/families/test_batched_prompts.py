@@ -174,6 +174,8 @@ def test_no_prompts_anywhere_gives_empty_outputs(predictor):
      r"\(K, P, 2\)"),
     (ImagePrompts(boxes=np.zeros((2, 3))), r"boxes must be \(K, 4\)"),
     (ImagePrompts(boxes=np.array([[0, 0, np.nan, 4]])), "NaN"),
+    (ImagePrompts(boxes=np.zeros((1, 4)), mask_input=np.zeros((1, 1, 32, 32))),
+     "mask_input must be"),
 ])
 def test_bad_prompts_name_the_image(predictor, bad, match):
     embedded = predictor.embed_images(_images()[:2])
