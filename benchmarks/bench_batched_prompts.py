@@ -87,8 +87,11 @@ def workload(name: str, sizes: Sequence[Tuple[int, int]], seed: int = 0):
 
 def random_images(predictor, sizes, seed: int = 0):
     """EmbeddedImages of random features shaped as the model's encoder gives them."""
-    from stable_sam.families.batched_prompts import EmbeddedImages, family_batching
-    from stable_sam.families.batched_prompts import SamStyleBatching
+    from stable_sam.families.batched_prompts import (
+        EmbeddedImages,
+        SamStyleBatching,
+        family_batching,
+    )
 
     model = predictor.model
     gen = torch.Generator().manual_seed(seed)

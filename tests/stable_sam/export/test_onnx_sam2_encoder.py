@@ -5,7 +5,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 
 from stable_sam import build_stable_sam
 from stable_sam.export.sam2_onnx_export import export_sam2_decoder_onnx, export_sam2_encoder_onnx
