@@ -41,7 +41,9 @@ class BaseTrainConfig:
     steps: int = 3000
     images_per_step: int = 4
     targets_per_image: int = 4  # decoded from one embedding: the encoder's cost is shared
-    lr: float = 1e-3  # peak, after the warm-up
+    # peak, after the warm-up: 2e-3 gave 45.5 GT-box mIoU where 1e-3 gave 41.2 (900 steps,
+    # every target of 60 VAL_SEED version-2 scenes)
+    lr: float = 2e-3
     min_lr_ratio: float = 0.1  # the cosine ends at this share of the peak, not at ~0
     seed: int = 0
     threads: int = 1
