@@ -194,7 +194,8 @@ def _reproduce(args, out: Path, signals) -> tuple:
     pipeline.record_settings(out, _settings(args))
     dirs = pipeline.prepare_scenes(out, args.train_scenes, args.test_scenes)
     base = pipeline.train_base(out, BaseTrainConfig(num_scenes=args.train_scenes,
-                                                    steps=args.base_steps, threads=args.threads))
+                                                    steps=args.base_steps, threads=args.threads),
+                               signals=signals)
     weights = pipeline.train_methods(out, base, dirs["train"], threads=args.threads,
                                      signals=signals)
     table = pipeline.evaluate_methods(out, base, dirs["test"], weights,

@@ -14,7 +14,7 @@ train_base_sam(BaseTrainConfig(), 'base.safetensors')"` (or `stable-sam reproduc
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import math
@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..data._io import write_atomic
 from ..data.prompts import gt_box, positive_points
 from ..data.scenes import TRAIN_SEED, make_scene, scene_targets
 from ..families.sam import StableSam
@@ -32,6 +33,7 @@ from ..families.demo.build import (DEMO_IMAGE_SIZE, TRAINED_ARCHITECTURE, build_
                                    save_sam_weights)
 
 CLEAN_KINDS = ("box", "points3", "points5", "points10")
+CHECKPOINT_EVERY = 100  # steps between the stage's checkpoints (a stop also writes one)
 MIN_OBJECT_AREA = 150  # smaller visible objects (most clutter) are not used as targets
 
 
@@ -99,8 +101,46 @@ def _batch(targets, images, config: BaseTrainConfig, rng: np.random.Generator):
     return torch.stack(batch), masks
 
 
-def train_base_sam(config: BaseTrainConfig, out_path, progress: bool = True) -> dict:
-    """Trains the base SAM and writes it to `out_path` (float16 safetensors); returns a summary."""
+class BaseCheckpointError(ValueError):
+    """A base-stage checkpoint that cannot be resumed (damaged, or of other settings)."""
+
+
+def _save_checkpoint(path: Path, step: int, sam, optimizer, rng, losses, ious,
+                     config: BaseTrainConfig) -> None:
+    """Everything the loop needs to go on from `step` as if it had never stopped: weights,
+    AdamW's moments, both generators and the loss history. Plain tensors and Python values
+    only, so it loads with weights_only=True."""
+    state = {"step": step, "config": asdict(config), "sam": sam.state_dict(),
+             "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
+             "torch_rng": torch.get_rng_state(), "losses": losses, "ious": ious}
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
+
+
+def _load_checkpoint(path: Path, config: BaseTrainConfig) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or foreign: say which file, not a pickle traceback
+        raise BaseCheckpointError(f"base SAM checkpoint {str(path)!r} could not be read "
+                                  f"({type(exc).__name__}); delete it to train the base again"
+                                  ) from None
+    if not isinstance(state, dict) or state.get("config") != asdict(config):
+        raise BaseCheckpointError(f"base SAM checkpoint {str(path)!r} was written with other "
+                                  "settings; delete it to train the base again")
+    return state
+
+
+def train_base_sam(config: BaseTrainConfig, out_path, progress: bool = True,
+                   checkpoint_path=None, stop=None) -> dict:
+    """Trains the base SAM and writes it to `out_path` (float16 safetensors); returns a summary.
+
+    With `checkpoint_path`, the stage writes its state there every CHECKPOINT_EVERY steps and
+    when `stop.requested` turns true (checked after each step: `training.signals.StopRequest`),
+    then returns with "stopped": True; a later call with the same settings continues from that
+    checkpoint and ends with the same weights as an uninterrupted run (one thread). The
+    checkpoint is removed once the weights are written."""
+    checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+    resumed = (_load_checkpoint(checkpoint_path, config)
+               if checkpoint_path is not None and checkpoint_path.is_file() else None)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -116,9 +156,16 @@ def train_base_sam(config: BaseTrainConfig, out_path, progress: bool = True) -> 
     sam.requires_grad_(True)  # StableSam freezes SAM; here SAM is what trains
     params = [p for n, p in model.named_parameters() if not n.startswith("plugins")]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-4)
+    losses, ious, first = [], [], 0
+    if resumed is not None:
+        sam.load_state_dict(resumed["sam"], strict=True)
+        optimizer.load_state_dict(resumed["optimizer"])
+        rng.bit_generator.state = resumed["rng"]
+        torch.set_rng_state(resumed["torch_rng"])
+        losses, ious, first = list(resumed["losses"]), list(resumed["ious"]), resumed["step"]
     started = time.perf_counter()
-    bar = tqdm(range(config.steps), desc="base SAM", disable=not progress)
-    losses, ious = [], []
+    bar = tqdm(range(first, config.steps), desc="base SAM", disable=not progress,
+               initial=first, total=config.steps)
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
@@ -145,7 +192,16 @@ def train_base_sam(config: BaseTrainConfig, out_path, progress: bool = True) -> 
         if step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}",
                             target_iou=f"{np.mean(ious[-50:]):.3f}")
+        done = step + 1
+        stopping = stop is not None and stop.requested and done < config.steps
+        if checkpoint_path is not None and (stopping or done % CHECKPOINT_EVERY == 0):
+            _save_checkpoint(checkpoint_path, done, sam, optimizer, rng, losses, ious, config)
+        if stopping:
+            return {"stopped": True, "step": done, "checkpoint": str(checkpoint_path)}
     path = save_sam_weights(sam, Path(out_path))
-    return {"path": str(path), "final_loss": float(np.mean(losses[-100:])), "steps": config.steps,
+    if checkpoint_path is not None:
+        checkpoint_path.unlink(missing_ok=True)
+    return {"stopped": False, "path": str(path), "final_loss": float(np.mean(losses[-100:])),
+            "steps": config.steps,
             "final_target_iou": float(np.mean(ious[-100:])),
             "seconds": time.perf_counter() - started}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..data._io import write_json_atomic
 from ..data.scenes import TEST_SEED, TRAIN_SEED, write_scenes
-from .base_sam import BaseTrainConfig, train_base_sam
+from .base_sam import BaseCheckpointError, BaseTrainConfig, train_base_sam
 from .interrupts import NAMES, ReproductionStopped, StopSignals
 from ..families.demo.build import DEMO_IMAGE_SIZE, DEMO_MODEL_TYPE
 
@@ -135,18 +135,31 @@ def check_reused_base(out: Path) -> None:
                                   ) from exc
 
 
+def base_checkpoint_path(out: Path) -> Path:
+    return out / "base_sam_checkpoint.pt"
+
+
 def train_base(out: Path, config: BaseTrainConfig, progress: bool = True,
                signals: StopSignals | None = None) -> Path:
-    """The base SAM keeps no checkpoint of its own: a signal stops it at once (its weights are
-    written atomically at the end) and a rerun trains it again."""
+    """Trains the base SAM unless the work folder has it. Under `signals`, SIGTERM or Ctrl+C
+    lets the step finish, writes the stage's checkpoint and stops (ReproductionStopped); a
+    rerun continues from it."""
+    from ..training.signals import StopRequest
+
     path = base_path(out)
     if not path.is_file():
         try:
-            train_base_sam(config, path, progress=progress)
-        except ReproductionStopped as exc:
-            raise ReproductionStopped(f"stopped by {NAMES[exc.signum]} while training the base "
-                                      "SAM (it keeps no checkpoint: a rerun of the same command "
-                                      "trains it again)", exc.signum) from None
+            with StopRequest() as stop:  # StopSignals hands Ctrl+C to it as it does for methods
+                result = train_base_sam(config, path, progress=progress,
+                                        checkpoint_path=base_checkpoint_path(out), stop=stop)
+        except BaseCheckpointError as exc:
+            raise ReproductionError(str(exc)) from None
+        if result["stopped"]:
+            signum = (signals.signum if signals else None) or signal.SIGTERM
+            raise ReproductionStopped(
+                f"stopped by {NAMES[signum]} while training the base SAM after step "
+                f"{result['step']} (checkpoint written: run the same command again to continue)",
+                signum)
     return path
 
 

@@ -99,3 +99,48 @@ def test_the_base_trains_the_configured_architecture_and_scenes(tmp_path):
                                        targets_per_image=2, architecture=architecture,
                                        scene_version=version), path, progress=False)
         assert read_architecture(path) == architecture
+
+
+class _StopAfter:
+    """StopRequest's interface: `requested` turns true once `steps` steps have run."""
+
+    def __init__(self, steps: int):
+        self.steps, self.calls = steps, 0
+
+    @property
+    def requested(self) -> bool:
+        self.calls += 1
+        return self.calls >= self.steps
+
+
+def test_a_stopped_base_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
+    from safetensors.torch import load_file
+
+    config = BaseTrainConfig(num_scenes=3, steps=5, images_per_step=2, targets_per_image=2)
+    whole = train_base_sam(config, tmp_path / "whole.safetensors", progress=False)
+    assert whole["stopped"] is False
+    ckpt, cut_path = tmp_path / "base_checkpoint.pt", tmp_path / "cut.safetensors"
+    cut = train_base_sam(config, cut_path, progress=False, checkpoint_path=ckpt,
+                         stop=_StopAfter(2))
+    assert cut == {"stopped": True, "step": 2, "checkpoint": str(ckpt)}
+    assert ckpt.is_file() and not cut_path.exists()
+    again = train_base_sam(config, cut_path, progress=False, checkpoint_path=ckpt)
+    assert again["stopped"] is False and not ckpt.exists()
+    a, b = load_file(str(tmp_path / "whole.safetensors")), load_file(str(cut_path))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert again["final_loss"] == whole["final_loss"]
+
+
+def test_a_damaged_or_foreign_base_checkpoint_is_refused(tmp_path):
+    from stable_sam.reproduction.base_sam import BaseCheckpointError
+
+    config = BaseTrainConfig(num_scenes=2, steps=3, images_per_step=2, targets_per_image=2)
+    ckpt = tmp_path / "base_checkpoint.pt"
+    train_base_sam(config, tmp_path / "b.safetensors", progress=False, checkpoint_path=ckpt,
+                   stop=_StopAfter(1))
+    other = BaseTrainConfig(num_scenes=2, steps=4, images_per_step=2, targets_per_image=2)
+    with pytest.raises(BaseCheckpointError, match="written with other settings"):
+        train_base_sam(other, tmp_path / "b.safetensors", progress=False, checkpoint_path=ckpt)
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    with pytest.raises(BaseCheckpointError, match="could not be read.*delete it"):
+        train_base_sam(config, tmp_path / "b.safetensors", progress=False, checkpoint_path=ckpt)

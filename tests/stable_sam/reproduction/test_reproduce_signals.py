@@ -1,5 +1,5 @@
-"""Real signals on a tiny `stable-sam reproduce` in a subprocess: SIGTERM outside a training
-stage exits 143 with one line, Ctrl+C (SIGINT) in a training stage checkpoints it and exits 130
+"""Real signals on a tiny `stable-sam reproduce` in a subprocess: SIGTERM in the base SAM's
+stage and Ctrl+C (SIGINT) in a method's training each checkpoint the stage and exit 143 / 130
 with one line, and a rerun of the same command continues and finishes."""
 import os
 import signal
@@ -34,12 +34,14 @@ def _signal_when(process: subprocess.Popen, path: Path, signum: int) -> tuple:
 
 def test_signals_stop_a_stage_with_one_line_and_a_rerun_continues(tmp_path):
     out = tmp_path / "r"
-    # the training scenes are complete: the next stages (held-out scenes, base SAM) keep no
-    # checkpoint, so SIGTERM stops at once
-    code, lines = _signal_when(_start(out), out / "scenes_train", signal.SIGTERM)
+    # both splits of scenes are complete: the base SAM's stage is running; it finishes its step
+    # and checkpoints
+    code, lines = _signal_when(_start(out), out / "scenes_test", signal.SIGTERM)
     assert code == 143, lines
-    assert lines[-1].startswith("stable-sam reproduce: stopped by SIGTERM"), lines
+    assert lines[-1].startswith("stable-sam reproduce: stopped by SIGTERM while training the "
+                                "base SAM after step "), lines
     assert not any("Traceback" in line for line in lines), lines
+    assert (out / "base_sam_checkpoint.pt").is_file()
     assert not (out / "base_sam.safetensors").exists()
 
     # Ctrl+C during the first method's training: it finishes its step and checkpoints
@@ -58,6 +60,7 @@ def test_signals_stop_a_stage_with_one_line_and_a_rerun_continues(tmp_path):
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stderr[-2000:]
     assert (out / "reproduction.json").is_file()
+    assert not (out / "base_sam_checkpoint.pt").exists()  # the base finished from it
     # continued from the checkpoint: the log keeps the steps before the stop and adds the rest
     steps_after = (out / "stable_sam" / "log.csv").read_text().splitlines()
     assert steps_after[:len(steps_before)] == steps_before
