@@ -95,8 +95,8 @@ MUTATIONS = [
       "    k = values\n", (T + "families/sam/test_sam_decoder.py",),
       "the plugin site's keys lose the positional encoding"),
     M("site_values_regular", "stable_sam/plugins/two_way_site.py",
-      "block.cross_attn_token_to_image(q=q, k=k, v=values)",
-      "block.cross_attn_token_to_image(q=q, k=k, v=keys)",
+      "v=values.expand(n, -1, -1))",
+      "v=keys.expand(n, -1, -1))",
       (T + "families/sam/test_sam_decoder.py",),
       "the plugin site's values stay on the regular grid"),
     # ------------------------------------------------------------------ data
