@@ -9,6 +9,9 @@ of its own from there on: its own stdout/stderr files, environment and argv, `cl
 the `stable-sam` entry point runs it (an uncaught exception prints its traceback, exit 1), and
 a normal interpreter exit (atexit handlers included: that is where loader workers that ignore
 SIGTERM used to hang). The children run concurrently; each has its own output paths.
+
+The demo server's careless and hostile clients (slow senders, foreign pages, huge shakes and
+bodies) are the same kind of cases over HTTP: tests/stable_sam/serve/test_serve_careless_user.py.
 """
 import hashlib
 import json
