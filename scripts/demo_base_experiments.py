@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--architecture", choices=sorted(ENCODERS), default="demo-sam/2")
     parser.add_argument("--scene-version", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--box-share", type=float, default=0.25)
     parser.add_argument("--val-scenes", type=int, default=60)
     parser.add_argument("--prompts-per-target", type=int, default=5)
     parser.add_argument("--ceiling", action="store_true", help="only the grid ceilings")
@@ -78,9 +79,10 @@ def main() -> None:
         config = BaseTrainConfig(num_scenes=args.train_scenes, steps=args.steps, lr=args.lr,
                                  min_lr_ratio=args.min_lr_ratio, threads=args.threads,
                                  architecture=args.architecture,
-                                 scene_version=args.scene_version)
+                                 scene_version=args.scene_version,
+                                 box_share=args.box_share)
         name = (f"{args.architecture.replace('/', '-')}_s{args.scene_version}_{args.steps}"
-                f"_lr{args.lr:g}_min{args.min_lr_ratio:g}")
+                f"_lr{args.lr:g}_min{args.min_lr_ratio:g}_box{args.box_share:g}")
         path = Path(args.out) / f"{name}.safetensors"
         summary = train_base_sam(config, path, progress=False)
         started = time.perf_counter()

@@ -157,9 +157,9 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 def _one_scene(predictor, model, index: int, top_k: int) -> np.ndarray:
     import cv2
 
-    from ..data.scenes import TEST_SEED, make_scene
+    from ..data.scenes import held_out_scene
 
-    scene = make_scene(TEST_SEED, index)
+    scene = held_out_scene(index)
     box, (coords, labels) = scene_prompts(scene.masks[scene.target], index)
     size = scene.image.shape[0] * UPSCALE
     image = cv2.resize(scene.image, (size, size), interpolation=cv2.INTER_CUBIC)
@@ -182,11 +182,11 @@ def _one_scene(predictor, model, index: int, top_k: int) -> np.ndarray:
 def _grid(predictor) -> np.ndarray:
     """One row per scene of GRID_SCENES: SAM and Stable-SAM from its box, then from its click;
     the rule and the published numbers on top."""
-    from ..data.scenes import TEST_SEED, make_scene
+    from ..data.scenes import held_out_scene
 
     rows, ious = [], []
     for index in GRID_SCENES:
-        scene = make_scene(TEST_SEED, index)
+        scene = held_out_scene(index)
         mask = scene.masks[scene.target]
         box, (coords, labels) = scene_prompts(mask, index)
         predictor.set_image(scene.image)

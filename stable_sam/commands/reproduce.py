@@ -192,14 +192,15 @@ def _reproduce(args, out: Path, signals) -> tuple:
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     pipeline.record_settings(out, _settings(args))
-    dirs = pipeline.prepare_scenes(out, args.train_scenes, args.test_scenes)
+    dirs = pipeline.prepare_scenes(out, args.train_scenes)
     base = pipeline.train_base(out, BaseTrainConfig(num_scenes=args.train_scenes,
                                                     steps=args.base_steps, threads=args.threads),
                                signals=signals)
     weights = pipeline.train_methods(out, base, dirs["train"], threads=args.threads,
-                                     signals=signals)
-    table = pipeline.evaluate_methods(out, base, dirs["test"], weights,
-                                      prompts_per_image=args.prompts_per_image)
+                                     signals=signals,
+                                     steps=pipeline.method_steps(args.train_scenes))
+    table = pipeline.evaluate_methods(out, base, pipeline.held_out_split(args.test_scenes),
+                                      weights, prompts_per_image=args.prompts_per_image)
     minutes = (time.perf_counter() - started) / 60
     machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, {args.threads} thread(s)"
     section = markdown_section(table, DEFAULT_COMMAND, machine)

@@ -51,6 +51,8 @@ class BaseTrainConfig:
     threads: int = 1
     architecture: str = TRAINED_ARCHITECTURE  # the demo encoder (families.demo.build.ENCODERS)
     scene_version: int = 2  # the scene generator (data.scenes.VERSIONS)
+    # share of steps prompted by the GT box; the rest draw 3, 5 or 10 points uniformly
+    box_share: float = 0.25
 
 
 def lr_at(step: int, config: BaseTrainConfig) -> float:
@@ -67,6 +69,13 @@ def _pick_targets(targets: list, count: int, rng: np.random.Generator) -> list:
     """`count` of the scene's target masks, uniformly (with replacement when it has fewer)."""
     return [targets[int(k)] for k in rng.choice(len(targets), count,
                                                 replace=len(targets) < count)]
+
+
+def _pick_kind(config: BaseTrainConfig, rng: np.random.Generator) -> str:
+    if rng.uniform() < config.box_share:
+        return "box"
+    points = [k for k in CLEAN_KINDS if k != "box"]
+    return points[int(rng.integers(len(points)))]
 
 
 def _prompt_tensors(kind: str, masks: list, rng: np.random.Generator):
@@ -170,7 +179,7 @@ def train_base_sam(config: BaseTrainConfig, out_path, progress: bool = True,
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
         batch, masks = _batch(targets, images, config, rng)
-        kind = CLEAN_KINDS[int(rng.integers(len(CLEAN_KINDS)))]
+        kind = _pick_kind(config, rng)
         points, boxes = _prompt_tensors(kind, masks, rng)
         gt = torch.as_tensor(np.stack(masks)[:, None], dtype=torch.float32)
         embeddings = model.image_encoder(model.preprocess(batch))

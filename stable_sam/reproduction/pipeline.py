@@ -1,13 +1,19 @@
 """The reproduction end to end: scenes, the base SAM, the five trainings on the frozen base with
-the project's trainer at its default (one epoch), and the evaluation of all six methods on the
-held-out split with frozen prompts. Each stage skips work whose output already exists, so a cut
-run continues where it stopped.
+the project's trainer, and the evaluation of all six methods on the held-out split with frozen
+prompts. Each stage skips work whose output already exists, so a cut run continues where it
+stopped.
+
+Both splits are version-2 scenes with every object a target (`data.scenes.scene_targets`): the
+training split (TRAIN_SEED) is written once to disk, one image/mask pair per target; the
+held-out split is FRESH_TEST_SEED's scenes (`data.scenes.HELD_OUT_SEED`), generated in memory
+with all targets of a scene together, so that masks prompted on two objects of one scene can be
+compared (prompt-following).
 
 What a stage reuses is checked first: the work folder records the settings it was made with
-(a rerun with other settings is refused rather than mixing two runs), each split of scenes
+(a rerun with other settings is refused rather than mixing two runs), the training split
 records the SHA-256 of its files (a missing or changed image or mask is refused rather than
-evaluated), and the frozen prompts hold each target mask's fingerprint, checked as `stable-sam
-evaluate` checks them.
+trained on), and the frozen prompts hold each held-out target mask's fingerprint, checked as
+`stable-sam evaluate` checks them (a changed scene generator is refused, not evaluated).
 """
 from __future__ import annotations
 
@@ -18,7 +24,8 @@ import signal
 from pathlib import Path
 
 from ..data._io import write_json_atomic
-from ..data.scenes import TEST_SEED, TRAIN_SEED, write_scenes
+from ..data.scenes import (HELD_OUT_SEED, HELD_OUT_VERSION, TRAIN_SEED, SceneTargets,
+                           write_scenes)
 from .base_sam import BaseCheckpointError, BaseTrainConfig, train_base_sam
 from .interrupts import NAMES, ReproductionStopped, StopSignals
 from ..families.demo.build import DEMO_IMAGE_SIZE, DEMO_MODEL_TYPE
@@ -26,7 +33,7 @@ from ..families.demo.build import DEMO_IMAGE_SIZE, DEMO_MODEL_TYPE
 METHODS = ("stable_sam", "stable_sam_no_drp", "stable_sam_no_rts", "pt_sam", "dt_sam")
 ALL_METHODS = ("sam",) + METHODS
 KINDS = ("box", "noisy_box", "points1", "points3")
-NUM_TEST_SCENES = 50
+NUM_TEST_SCENES = 50  # about 240 targets
 CHECK_SCENES = 3  # the held-out scenes whose records CI re-evaluates with the shipped weights
 
 
@@ -82,21 +89,26 @@ def manifest_path(out: Path, split: str) -> Path:
     return out / f"scenes_{split}.sha256.json"
 
 
-def prepare_scenes(out: Path, num_train: int, num_test: int = NUM_TEST_SCENES) -> dict:
-    """Writes each split once (into a temporary folder, renamed when complete, with the SHA-256
-    of its files beside it) and checks a split already there against those hashes."""
-    dirs = {"train": out / "scenes_train", "test": out / "scenes_test"}
-    for split, seed, count in (("train", TRAIN_SEED, num_train), ("test", TEST_SEED, num_test)):
-        folder, manifest = dirs[split], manifest_path(out, split)
-        if folder.is_dir():
-            check_scenes(folder, manifest)
-            continue
+def prepare_scenes(out: Path, num_train: int) -> dict:
+    """Writes the training split once (into a temporary folder, renamed when complete, with
+    the SHA-256 of its files beside it: one pair per target of each scene) and checks a split
+    already there against those hashes. {"train": its folder}."""
+    folder, manifest = out / "scenes_train", manifest_path(out, "train")
+    if folder.is_dir():
+        check_scenes(folder, manifest)
+    else:
         partial = out / f".{folder.name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        write_scenes(partial, count, seed, DEMO_IMAGE_SIZE)
+        write_scenes(partial, num_train, TRAIN_SEED, DEMO_IMAGE_SIZE, version=HELD_OUT_VERSION,
+                     every_target=True)
         write_json_atomic(manifest, _file_hashes(partial))
         partial.rename(folder)
-    return dirs
+    return {"train": folder}
+
+
+def held_out_split(num_test: int = NUM_TEST_SCENES) -> SceneTargets:
+    """The held-out split: scenes 0..num_test-1 of HELD_OUT_SEED with all their targets."""
+    return SceneTargets(HELD_OUT_SEED, num_test, HELD_OUT_VERSION, DEMO_IMAGE_SIZE)
 
 
 def check_scenes(folder: Path, manifest: Path) -> None:
@@ -168,12 +180,22 @@ def weights_path(out: Path, method: str) -> Path:
     return out / method / f"{name}.safetensors"
 
 
+def method_steps(num_train_scenes: int) -> int:
+    """Each method's optimiser steps: one pass over the training scenes' count at the
+    trainer's batch size. The split holds one pair per target (about 4.8 per scene), so a full
+    epoch over it would take about 5x longer than the reproduction's time allows; the steps
+    draw their pairs from all of them."""
+    from ..training import TrainConfig
+
+    return max(1, num_train_scenes // TrainConfig().batch_size)
+
+
 def train_methods(out: Path, base: Path, train_dir: Path, methods=METHODS,
                   threads: int = 2, signals: StopSignals | None = None, **overrides) -> dict:
-    """Trains each method on the frozen base with TrainConfig's defaults (one epoch) but for the
-    data, the device settings and `overrides` (tests shorten the run). SIGTERM, or Ctrl+C
-    under `signals`, stops the training after its step with a checkpoint (ReproductionStopped);
-    a rerun continues it."""
+    """Trains each method on the frozen base with TrainConfig's defaults (one epoch unless
+    `overrides` give `steps`) but for the data, the device settings and `overrides`. SIGTERM,
+    or Ctrl+C under `signals`, stops the training after its step with a checkpoint
+    (ReproductionStopped); a rerun continues it."""
     from ..training import TrainConfig, train
     from ..training.checkpointing import CHECKPOINT_NAME, CheckpointError
 
@@ -231,18 +253,19 @@ def trainable_params(model, method: str) -> int:
     return int(sum(p.numel() for _, p in trainable_named_parameters(model, method)))
 
 
-def evaluate_methods(out: Path, base: Path, test_dir: Path, weights: dict,
+def evaluate_methods(out: Path, base: Path, dataset: SceneTargets, weights: dict,
                      methods=ALL_METHODS, prompts_per_image: int = 20, max_images: int = 0,
                      progress: bool = True) -> dict:
     """The issue's table: {"methods": {NAME: {"trainable_params", "kinds": {KIND: {"mIoU",
-    "mBIoU", "mSF"}}}}}, percentages; the prompts are frozen once into OUT/prompts_test_*.json.
-    A method whose row OUT already holds is not evaluated again."""
+    "mBIoU", "mSF", "mIoU_ci", "mSF_ci"}}, "follow": {KIND: {"cross_agreement",
+    "stable_but_wrong"}}, "background_box"}}, "box_fill_mIoU", "test_targets"}, percentages
+    (`table_rows`); the prompts are frozen once into OUT/prompts_test_*.json. A method whose
+    row OUT already holds is not evaluated again."""
     import torch
 
-    from ..data.image_files import ImageReadError
-    from ..evaluation import evaluate_masks
+    from .table_rows import evaluate_row, split_summary
 
-    dataset, prompts_file, prompts = test_prompts(out, test_dir, prompts_per_image, max_images)
+    dataset, prompts_file, prompts = test_prompts(out, dataset, prompts_per_image, max_images)
     table = {"methods": {}}
     for method in methods:
         row_file = out / f"row_{method}_{prompts_file.stem}.json"
@@ -251,31 +274,23 @@ def evaluate_methods(out: Path, base: Path, test_dir: Path, weights: dict,
                                                  f"delete it to evaluate {method} again")
             continue
         model, predictor = load_method(method, base, weights.get(method))
-        try:
-            with torch.no_grad():
-                results = evaluate_masks(predictor, dataset, prompts, list(KINDS),
-                                         progress=progress)
-        except ImageReadError as exc:
-            raise ReproductionError(str(exc)) from None
-        write_json_atomic(out / f"records_{method}_{prompts_file.stem}.json", results["records"])
-        table["methods"][method] = {
-            "trainable_params": trainable_params(model, method),
-            "kinds": {kind: _percentages(results["kinds"][kind]) for kind in KINDS},
-        }
+        with torch.no_grad():
+            row, records = evaluate_row(predictor, dataset, prompts, KINDS, progress=progress)
+        write_json_atomic(out / f"records_{method}_{prompts_file.stem}.json", records)
+        table["methods"][method] = {"trainable_params": trainable_params(model, method), **row}
         write_json_atomic(row_file, table["methods"][method])
+    table.update(split_summary(dataset))
     return table
 
 
-def test_prompts(out: Path, test_dir: Path, prompts_per_image: int, max_images: int = 0):
+def test_prompts(out: Path, dataset: SceneTargets, prompts_per_image: int, max_images: int = 0):
     """(dataset, prompts file, its prompts) of the held-out split: frozen once with each target
     mask's fingerprint, and checked against the split's masks on every later run."""
-    from ..data.hqseg import HQSegDataset
     from ..evaluation import freeze_prompts, load_prompts, save_prompts
     from ..evaluation.prompts_check import check_prompts, fingerprinted
 
-    dataset = HQSegDataset([(test_dir / "im", test_dir / "gt")], name="scenes_test")
     if max_images:
-        dataset.samples = dataset.samples[:max_images]
+        dataset.scenes = dataset.scenes[:max_images]
     prompts_file = out / f"prompts_test_{len(dataset)}x{prompts_per_image}.json"
     if not prompts_file.is_file():
         save_prompts(prompts_file, fingerprinted(freeze_prompts, dataset, KINDS,
@@ -292,14 +307,6 @@ def test_prompts(out: Path, test_dir: Path, prompts_per_image: int, max_images: 
     return dataset, prompts_file, prompts[dataset.name]
 
 
-def _percentages(summary: dict) -> dict:
-    def pct(value):
-        return None if value is None or value != value else round(100.0 * float(value), 2)
-
-    return {"mIoU": pct(summary["miou"]), "mBIoU": pct(summary["mbiou"]),
-            "mSF": pct(summary["msf"])}
-
-
 def write_table(path: Path, table: dict) -> Path:
     return write_json_atomic(path, table)
 
@@ -312,6 +319,7 @@ def shipped_check_records(out: Path, prompts_per_image: int, num_test: int) -> d
     """The full run's per-target records of the first CHECK_SCENES held-out scenes for the
     two shipped methods: CI evaluates those scenes with the same frozen prompts and compares."""
     stem = f"prompts_test_{num_test}x{prompts_per_image}"
-    return {"prompts_per_image": prompts_per_image, "scenes": CHECK_SCENES,
+    return {"seed": HELD_OUT_SEED, "version": HELD_OUT_VERSION,
+            "prompts_per_image": prompts_per_image, "scenes": CHECK_SCENES,
             "records": {m: [r for r in json.loads((out / f"records_{m}_{stem}.json").read_text())
                             if r["image"] < CHECK_SCENES] for m in ("sam", "stable_sam")}}

@@ -207,10 +207,10 @@ def scene_image(index: int, num_scenes: int) -> tuple[np.ndarray, list[float]]:
     """Held-out generated scene `index` of `num_scenes` (the demo model never trained on them)
     and a casual box on its target (`casual_prompts`: noisy, from seed 0, loose by rule)."""
     from ..commands.demo import casual_prompts
-    from ..data.scenes import TEST_SEED, make_scene
+    from ..data.scenes import held_out_scene
 
     if not 0 <= index < num_scenes:
         raise PromptError(f"scene {index} does not exist: pick 0 to {num_scenes - 1}")
-    scene = make_scene(TEST_SEED, index)
+    scene = held_out_scene(index)
     box, _ = casual_prompts(scene.masks[scene.target])
     return scene.image, [round(float(v), 1) for v in box]

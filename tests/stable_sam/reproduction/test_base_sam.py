@@ -144,3 +144,19 @@ def test_a_damaged_or_foreign_base_checkpoint_is_refused(tmp_path):
     ckpt.write_bytes(ckpt.read_bytes()[:100])
     with pytest.raises(BaseCheckpointError, match="could not be read.*delete it"):
         train_base_sam(config, tmp_path / "b.safetensors", progress=False, checkpoint_path=ckpt)
+
+
+@pytest.mark.parametrize("box_share", [0.0, 0.25, 0.5, 1.0])
+def test_the_box_share_of_the_steps_is_the_configured_one(box_share):
+    import numpy as np
+
+    from stable_sam.reproduction.base_sam import _pick_kind
+
+    rng = np.random.default_rng(0)
+    kinds = [_pick_kind(BaseTrainConfig(box_share=box_share), rng) for _ in range(4000)]
+    assert np.mean([k == "box" for k in kinds]) == pytest.approx(box_share, abs=0.03)
+    points = [k for k in kinds if k != "box"]
+    if points:  # the rest: 3, 5 or 10 points, uniformly; never one point or a loose box
+        assert set(points) == {"points3", "points5", "points10"}
+        assert max(points.count(k) for k in set(points)) < 1.15 * min(points.count(k)
+                                                                      for k in set(points))

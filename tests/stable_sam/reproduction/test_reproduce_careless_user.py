@@ -15,9 +15,12 @@ from stable_sam.cli import main
 
 ARGS = ["--train-scenes", "8", "--test-scenes", "2", "--base-steps", "3",
         "--prompts-per-image", "2"]
-TEST_IMAGE = "scenes_test/im/scene_2000_00001.jpg"
-TEST_MASK = "scenes_test/gt/scene_2000_00001.png"
+# the training split is on disk, one pair per target; the held-out split is generated in memory
+# and checked through its frozen prompts' mask fingerprints
+TRAIN_IMAGE = "scenes_train/im/scene_1000_00001_t00.jpg"
+TRAIN_MASK = "scenes_train/gt/scene_1000_00001_t00.png"
 PROMPTS = "prompts_test_2x2.json"
+HELD_OUT = "scenes_4000_v2"  # the held-out split's name in the prompts file
 
 
 def _truncate(*names):
@@ -45,13 +48,13 @@ def _both(*steps):
 
 
 def _other_mask(run: Path):
-    shutil.copyfile(run / "scenes_train/gt/scene_1000_00003.png", run / TEST_MASK)
+    shutil.copyfile(run / "scenes_train/gt/scene_1000_00003_t00.png", run / TRAIN_MASK)
 
 
 def _prompts_for_another_mask(run: Path):
     # the frozen prompts no longer match the split's masks (as if frozen for other data)
     prompts = json.loads((run / PROMPTS).read_text())
-    prompts["datasets"]["scenes_test"]["images"][1]["targets"][0]["mask_sha256"] = "0" * 64
+    prompts["datasets"][HELD_OUT]["images"][1]["targets"][0]["mask_sha256"] = "0" * 64
     (run / PROMPTS).write_text(json.dumps(prompts))
 
 
@@ -61,13 +64,13 @@ def _without_settings(run: Path):
 
 # name -> (damage to a copy of a finished run, extra argv, error regex)
 CASES = {
-    "deleted_test_image": (_delete(TEST_IMAGE), [], r"scene_2000_00001\.jpg is missing"),
-    "test_mask_of_another_scene": (_other_mask, [], r"scene_2000_00001\.png changed since"),
-    "truncated_test_image": (_truncate(TEST_IMAGE), [], r"changed since it was written"),
-    "truncated_test_mask": (_truncate(TEST_MASK), [], r"changed since it was written"),
-    "truncated_training_mask": (_both(_truncate("scenes_train/gt/scene_1000_00001.png"),
+    "deleted_training_image": (_delete(TRAIN_IMAGE), [], r"scene_1000_00001_t00\.jpg is missing"),
+    "training_mask_of_another_scene": (_other_mask, [],
+                                       r"scene_1000_00001_t00\.png changed since"),
+    "truncated_training_image": (_truncate(TRAIN_IMAGE), [], r"changed since it was written"),
+    "truncated_training_mask": (_both(_truncate(TRAIN_MASK),
                                       _delete("stable_sam/plugins.safetensors")), [],
-                                r"scenes_train/gt/scene_1000_00001\.png changed since"),
+                                r"scenes_train/gt/scene_1000_00001_t00\.png changed since"),
     "prompts_frozen_for_another_mask": (_prompts_for_another_mask, [],
                                         r"frozen for another mask than the dataset's"),
     "truncated_prompts": (_both(_truncate(PROMPTS), _delete("row_*")), [],
@@ -86,8 +89,8 @@ CASES = {
                                             _delete("stable_sam/plugins.safetensors")), [],
                                       r"training stable_sam: could not read training checkpoint"),
     "truncated_settings_record": (_truncate("settings.json"), [], r"settings record"),
-    "truncated_scene_hashes": (_truncate("scenes_test.sha256.json"), [], r"the scenes' hashes"),
-    "scene_hashes_not_an_object": (lambda run: (run / "scenes_test.sha256.json").write_text("[]"),
+    "truncated_scene_hashes": (_truncate("scenes_train.sha256.json"), [], r"the scenes' hashes"),
+    "scene_hashes_not_an_object": (lambda run: (run / "scenes_train.sha256.json").write_text("[]"),
                                    [], r"the scenes' hashes .* holds a list, not an object"),
     "other_settings_than_the_run": (None, ["--base-steps", "4"],
                                     r"made with other settings \(--base-steps 3 -> 4\)"),

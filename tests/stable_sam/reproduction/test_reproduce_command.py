@@ -4,7 +4,7 @@ the work folder holds."""
 import json
 
 from stable_sam.cli import main
-from stable_sam.reproduction.pipeline import ALL_METHODS, KINDS
+from stable_sam.reproduction.pipeline import ALL_METHODS, KINDS, held_out_split
 
 ARGS = ["--train-scenes", "8", "--test-scenes", "2", "--base-steps", "3",
         "--prompts-per-image", "2"]
@@ -14,14 +14,22 @@ def test_reproduce_in_miniature(tmp_path, capsys):
     out = tmp_path / "r"
     assert main(["reproduce", "--out", str(out), *ARGS]) == 0
     table = json.loads((out / "reproduction.json").read_text())
-    assert set(table) == {"methods"} and set(table["methods"]) == set(ALL_METHODS)
+    assert set(table) == {"methods", "box_fill_mIoU", "test_targets"}
+    assert set(table["methods"]) == set(ALL_METHODS)
+    # every target of the two held-out scenes (version 2, the fresh seed), not one per scene
+    split = held_out_split(2)
+    assert table["test_targets"] == sum(len(split[i]["masks"]) for i in range(2)) > 2
     for method, row in table["methods"].items():
-        assert set(row) == {"trainable_params", "kinds"} and set(row["kinds"]) == set(KINDS)
+        assert set(row) == {"trainable_params", "kinds", "follow", "background_box"}
+        assert set(row["kinds"]) == set(KINDS) == set(row["follow"])
         assert isinstance(row["trainable_params"], int)
         for kind, metrics in row["kinds"].items():
-            assert set(metrics) == {"mIoU", "mBIoU", "mSF"}
+            assert set(metrics) == {"mIoU", "mBIoU", "mSF", "mIoU_ci", "mSF_ci"}
             assert all(0 <= metrics[m] <= 100 for m in ("mIoU", "mBIoU"))
             assert (metrics["mSF"] is None) == (kind == "box")
+            low, high = metrics["mIoU_ci"]
+            assert low <= metrics["mIoU"] <= high
+            assert set(row["follow"][kind]) == {"cross_agreement", "stable_but_wrong"}
     assert table["methods"]["sam"]["trainable_params"] == 0
     assert table["methods"]["stable_sam"]["trainable_params"] == 83_307
     assert "### Targets" in (out / "results.md").read_text()

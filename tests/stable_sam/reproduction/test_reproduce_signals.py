@@ -34,9 +34,9 @@ def _signal_when(process: subprocess.Popen, path: Path, signum: int) -> tuple:
 
 def test_signals_stop_a_stage_with_one_line_and_a_rerun_continues(tmp_path):
     out = tmp_path / "r"
-    # both splits of scenes are complete: the base SAM's stage is running; it finishes its step
-    # and checkpoints
-    code, lines = _signal_when(_start(out), out / "scenes_test", signal.SIGTERM)
+    # the training split is complete (the held-out one is generated in memory): the base SAM's
+    # stage is running; it finishes its step and checkpoints
+    code, lines = _signal_when(_start(out), out / "scenes_train", signal.SIGTERM)
     assert code == 143, lines
     assert lines[-1].startswith("stable-sam reproduce: stopped by SIGTERM while training the "
                                 "base SAM after step "), lines
@@ -64,4 +64,5 @@ def test_signals_stop_a_stage_with_one_line_and_a_rerun_continues(tmp_path):
     # continued from the checkpoint: the log keeps the steps before the stop and adds the rest
     steps_after = (out / "stable_sam" / "log.csv").read_text().splitlines()
     assert steps_after[:len(steps_before)] == steps_before
-    assert len(steps_after) == 1 + 40 // 4  # header + one epoch of 40 scenes at batch 4
+    # header + method_steps: one step per 4 training scenes (the split holds a pair per target)
+    assert len(steps_after) == 1 + 40 // 4
