@@ -4,8 +4,8 @@ ablations, PT-SAM and DT-SAM on the frozen base (one epoch, the trainer's defaul
 evaluation of all six on the held-out scenes with frozen prompts.
 
 Writes OUT/reproduction.json (the table) and OUT/results.md (the RESULTS.md section);
-`--publish` also writes them to benchmarks/ and ships the base and Stable-SAM plugin weights as
-the embedded `demo` model: only into the source checkout the package was imported from, and only
+`--publish` also writes them to benchmarks/, ships the base and Stable-SAM plugin weights as
+the embedded `demo` model and redraws docs/demo_grid.png with them: only into the source checkout the package was imported from, and only
 a run of the full recipe (the defaults) unless `--publish-any-recipe`. Each stage skips what OUT
 already holds, so a cut run continues; SIGTERM and Ctrl+C stop it with exit 143 / 130.
 """
@@ -121,8 +121,9 @@ def check_arguments(args) -> None:
 
 def publish(root: Path, out: Path, args, table: dict, section: str, base: Path,
             plugins: Path) -> list:
-    """Writes the table, the RESULTS.md section, CI's records and the shipped weights into the
-    checkout at `root`, each atomically; returns the paths written."""
+    """Writes the table, the RESULTS.md section, CI's records, the shipped weights and then the
+    demo's grid picture drawn with them into the checkout at `root`, each atomically; returns
+    the paths written."""
     from ..data._io import write_atomic
     from ..families.demo.build import DEMO_PLUGIN_WEIGHTS, DEMO_SAM_WEIGHTS
     from ..reproduction import pipeline
@@ -137,7 +138,19 @@ def publish(root: Path, out: Path, args, table: dict, section: str, base: Path,
         dst = root / shipped.resolve().relative_to(root)
         write_atomic(dst, lambda tmp, src=src: shutil.copyfile(src, tmp))
         written.append(dst)
+    written.append(_draw_demo_grid(root))
     return written
+
+
+def _draw_demo_grid(root: Path) -> Path:
+    """`stable-sam demo --overwrite` into root/docs: the README's picture, drawn with the
+    weights and the table just published (the package runs from `root`, so it loads them)."""
+    from . import demo
+
+    out_dir = root / "docs"
+    demo.run(argparse.Namespace(scene=None, out_dir=str(out_dir), top_k=16, device="cpu",
+                                overwrite=True))
+    return out_dir / "demo_grid.png"
 
 
 def _replace_section(results_md: Path, section: str) -> None:

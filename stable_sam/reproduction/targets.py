@@ -86,6 +86,9 @@ def check_targets(table: dict) -> List[Tuple[str, bool, str]]:
                    f"DT {g('dt_sam', k):.1f}" for k in ("noisy_box", "points1"))),
         ("about 50x fewer trainable parameters than DT-SAM (at least 40x)",
          lambda: ratio >= 40, f"{params['stable_sam']:,} vs {params['dt_sam']:,} ({ratio:.0f}x)"),
+        ("At least 200 test targets (every object above the minimum size)",
+         lambda: (table.get("test_targets") or 0) >= 200,
+         "not counted" if table.get("test_targets") is None else f"{table['test_targets']}"),
     ]
     return [(name, bool(test()), measured) for name, test, measured in checks]
 

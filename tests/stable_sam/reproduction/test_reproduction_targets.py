@@ -33,7 +33,7 @@ def _table():
 
 
 def test_all_met():
-    assert [met for _, met, _ in check_targets(_table())] == [True] * 12
+    assert [met for _, met, _ in check_targets(_table())] == [True] * 13
 
 
 @pytest.mark.parametrize("change, target", [
@@ -70,6 +70,13 @@ def test_each_target_can_be_missed(method, kind, metric, value, target):
     table["methods"][method]["kinds"][kind][metric] = value
     results = check_targets(table)
     assert [i for i, (_, met, _) in enumerate(results) if not met] == [target]
+
+
+@pytest.mark.parametrize("count", [199, None])
+def test_fewer_than_200_test_targets_is_missed(count):
+    table = copy.deepcopy(_table())
+    table["test_targets"] = count
+    assert [i for i, (_, met, _) in enumerate(check_targets(table)) if not met] == [12]
 
 
 def test_parameter_ratio_target():
