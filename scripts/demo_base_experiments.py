@@ -66,6 +66,9 @@ def main() -> None:
     parser.add_argument("--scene-version", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--box-share", type=float, default=0.25)
+    parser.add_argument("--grad-clip", type=float, default=0.0)
+    parser.add_argument("--targets-per-image", type=int, default=4)
+    parser.add_argument("--images-per-step", type=int, default=4)
     parser.add_argument("--val-scenes", type=int, default=60)
     parser.add_argument("--prompts-per-target", type=int, default=5)
     parser.add_argument("--ceiling", action="store_true", help="only the grid ceilings")
@@ -80,9 +83,12 @@ def main() -> None:
                                  min_lr_ratio=args.min_lr_ratio, threads=args.threads,
                                  architecture=args.architecture,
                                  scene_version=args.scene_version,
-                                 box_share=args.box_share)
+                                 box_share=args.box_share, grad_clip=args.grad_clip,
+                                 targets_per_image=args.targets_per_image,
+                                 images_per_step=args.images_per_step)
         name = (f"{args.architecture.replace('/', '-')}_s{args.scene_version}_{args.steps}"
-                f"_lr{args.lr:g}_min{args.min_lr_ratio:g}_box{args.box_share:g}")
+                f"_lr{args.lr:g}_min{args.min_lr_ratio:g}_box{args.box_share:g}_clip{args.grad_clip:g}"
+                f"_{args.images_per_step}x{args.targets_per_image}")
         path = Path(args.out) / f"{name}.safetensors"
         summary = train_base_sam(config, path, progress=False)
         started = time.perf_counter()
