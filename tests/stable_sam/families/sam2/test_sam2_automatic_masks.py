@@ -51,3 +51,11 @@ def test_moved_plugins_change_the_masks():
 def test_refuses_other_models():
     with pytest.raises(TypeError, match="StableSam2"):
         StableSam2AutomaticMaskGenerator(build_stable_sam("tiny"))
+
+
+def test_sams_generator_class_points_a_sam2_model_to_its_own():
+    from stable_sam import StableSamAutomaticMaskGenerator
+
+    model = build_stable_sam("sam2_tiny_random").eval()
+    with pytest.raises(TypeError, match="use stable_sam.StableSam2AutomaticMaskGenerator"):
+        StableSamAutomaticMaskGenerator(model)
