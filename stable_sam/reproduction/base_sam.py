@@ -157,6 +157,9 @@ def train_base_sam(config: BaseTrainConfig, out_path, progress: bool = True,
     resumed = (_load_checkpoint(checkpoint_path, config)
                if checkpoint_path is not None and checkpoint_path.is_file() else None)
     torch.set_num_threads(config.threads)
+    # Trained weights and Adam's moments fill up with denormal floats, which the CPU handles
+    # slowly: a step of the trained base took 0.44 s against 0.23 s flushed (2 threads)
+    torch.set_flush_denormal(True)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     images, targets = [], []
