@@ -19,7 +19,7 @@ from .encoder import ConvImageEncoder, FoldedDetailEncoder
 # the name existed hold demo-sam/1
 ENCODERS = {cls.ARCHITECTURE: cls for cls in (ConvImageEncoder, FoldedDetailEncoder)}
 LEGACY_ARCHITECTURE = ConvImageEncoder.ARCHITECTURE
-SHIPPED_ARCHITECTURE = ConvImageEncoder.ARCHITECTURE  # of stable_sam/weights/demo_sam.safetensors
+SHIPPED_ARCHITECTURE = FoldedDetailEncoder.ARCHITECTURE  # of stable_sam/weights/demo_sam.safetensors
 TRAINED_ARCHITECTURE = FoldedDetailEncoder.ARCHITECTURE  # what a new base trains (issue 24)
 
 DEMO_MODEL_TYPE = "demo"
@@ -33,7 +33,7 @@ DEMO_PLUGIN_WEIGHTS = WEIGHTS_DIR / "demo_stable_sam_plugins.safetensors"
 def _encoder(architecture: str):
     if architecture not in ENCODERS:
         raise ValueError(f"architecture must be one of {sorted(ENCODERS)}, is {architecture!r}")
-    # width 24 keeps base + plugins small shipped with SAM's own decoder (9.9 MB with demo-sam/1)
+    # width 24 keeps base + plugins small shipped with SAM's own decoder (10.0 MB with demo-sam/2)
     return ENCODERS[architecture](DEMO_IMAGE_SIZE, EMBED_DIM, width=24)
 
 

@@ -90,7 +90,7 @@ def test_a_base_of_another_architecture_is_refused_before_any_work(tmp_path, cap
 
     from stable_sam.families.demo.build import build_demo_sam, save_sam_weights
 
-    sam = build_demo_sam()
+    sam = build_demo_sam("demo-sam/1")
     sam.image_encoder.layers = nn.Sequential(*list(sam.image_encoder.layers)[:-1])
     out = tmp_path / "r"
     base = save_sam_weights(sam, out / "base_sam.safetensors")

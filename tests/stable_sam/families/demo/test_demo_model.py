@@ -10,14 +10,17 @@ import torch
 from stable_sam import StableSamPredictor, build_stable_sam
 from stable_sam.cli import main
 from stable_sam.data._io import write_image_atomic
-from stable_sam.data.hqseg import HQSegDataset
 from stable_sam.data.prompts import gt_box
-from stable_sam.data.scenes import TEST_SEED, make_scene, write_scenes
+from stable_sam.data.scenes import (FRESH_TEST_SEED, TEST_SEED, SceneTargets, make_scene,
+                                    scene_targets)
 from stable_sam.evaluation import evaluate_masks, freeze_prompts
 from stable_sam.families.demo.build import DEMO_PLUGIN_WEIGHTS, DEMO_SAM_WEIGHTS
 from stable_sam.reproduction.pipeline import KINDS
 
 RECORDS = Path(__file__).with_name("shipped_weights_records.json")
+# the shipped base: 71.5 % against 55.9 % for filling the box on these 19 targets (71.0 against
+# 58.0 on the whole split); the earlier base (demo-sam/1) was below the rule
+MARGIN_OVER_BOX_FILL = 0.10
 
 
 @pytest.fixture(scope="module")
@@ -31,22 +34,29 @@ def _iou(a, b):
 
 
 def test_shipped_weights_fit_the_budget():
-    assert DEMO_SAM_WEIGHTS.stat().st_size + DEMO_PLUGIN_WEIGHTS.stat().st_size <= 10_000_000  # the issue: at most 10 MB
+    size = DEMO_SAM_WEIGHTS.stat().st_size + DEMO_PLUGIN_WEIGHTS.stat().st_size
+    assert size <= 20_000_000  # issue 24: at most 20 MB together
 
 
 def test_loads_without_checkpoint_and_segments_a_held_out_scene(demo):
-    # The shipped model is weak (GT-box mIoU 26-29 % on the held-out split, see
-    # benchmarks/RESULTS.md); this checks that it is the trained one, not a random build
-    # (about 2 % here: a random decoder's mask is mostly empty or mostly full).
-    predictor = StableSamPredictor(demo)
-    ious = []
+    # The shipped base segments every target of the first held-out scenes from its GT box
+    # better than filling the box does (benchmarks/reproduction.json has the whole split); a
+    # random build's mask is mostly empty or mostly full.
+    from stable_sam.evaluation.ceiling import box_fill_iou
+    from stable_sam.families import base_predictor_for
+
+    predictor = base_predictor_for(demo)
+    ious, fills = [], []
     for index in range(5):
-        scene = make_scene(TEST_SEED, index)
-        target = scene.masks[scene.target]
+        scene = make_scene(FRESH_TEST_SEED, index, version=2)
         predictor.set_image(scene.image)
-        masks, _, _ = predictor.predict(box=gt_box(target), multimask_output=False)
-        ious.append(_iou(masks[0], target))
-    assert np.mean(ious) > 0.2, ious  # 0.28 with the shipped weights
+        for target in scene_targets(scene):
+            masks, _, _ = predictor.predict(box=gt_box(target), multimask_output=False)
+            ious.append(_iou(masks[0], target))
+            fills.append(box_fill_iou(target))
+    assert len(ious) >= 15 and np.mean(ious) > np.mean(fills) + MARGIN_OVER_BOX_FILL, (
+        np.mean(ious), np.mean(fills))
+    predictor = StableSamPredictor(demo)
     scene = make_scene(TEST_SEED, 1)
     target = scene.masks[scene.target]
     predictor.set_image(scene.image)
@@ -68,8 +78,9 @@ def test_shipped_weights_reproduce_the_table_records(demo, tmp_path):
     """The published run's per-target records of the first held-out scenes (sam and
     stable_sam rows of benchmarks/reproduction.json), re-evaluated with the same prompts."""
     expected = json.loads(RECORDS.read_text())
-    write_scenes(tmp_path, expected["scenes"], TEST_SEED)
-    dataset = HQSegDataset(tmp_path, name="scenes_test")
+    # the published table's split: the fresh seed's version-2 scenes, every target
+    assert (expected["seed"], expected["version"]) == (FRESH_TEST_SEED, 2)
+    dataset = SceneTargets(FRESH_TEST_SEED, expected["scenes"], 2)
     prompts = freeze_prompts(dataset, KINDS, expected["prompts_per_image"],
                              model_image_size=256)
     from stable_sam.families import base_predictor_for, predictor_for
@@ -78,7 +89,8 @@ def test_shipped_weights_reproduce_the_table_records(demo, tmp_path):
         with torch.no_grad():
             records = evaluate_masks(predictor, dataset, prompts, list(KINDS))["records"]
         want = expected["records"][method]
-        assert [(r["image"], r["kind"]) for r in records] == [(r["image"], r["kind"]) for r in want]
+        assert ([(r["image"], r["target"], r["kind"]) for r in records]
+                == [(r["image"], r["target"], r["kind"]) for r in want])
         for got, ref in zip(records, want):
             assert got["iou"] == pytest.approx(ref["iou"], abs=5e-3), (method, ref)
             assert got["biou"] == pytest.approx(ref["biou"], abs=5e-3), (method, ref)
