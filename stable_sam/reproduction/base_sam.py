@@ -29,6 +29,7 @@ from ..data._io import write_atomic
 from ..data.prompts import gt_box, positive_points
 from ..data.scenes import TRAIN_SEED, make_scene, scene_targets
 from ..families.sam import StableSam
+from .denormals import denormals_flushed
 from ..families.demo.build import (DEMO_IMAGE_SIZE, TRAINED_ARCHITECTURE, build_demo_sam,
                                    save_sam_weights)
 
@@ -153,13 +154,15 @@ def train_base_sam(config: BaseTrainConfig, out_path, progress: bool = True,
     then returns with "stopped": True; a later call with the same settings continues from that
     checkpoint and ends with the same weights as an uninterrupted run (one thread). The
     checkpoint is removed once the weights are written."""
+    with denormals_flushed():  # 2x faster steps once the weights are trained (denormals.py)
+        return _train(config, out_path, progress, checkpoint_path, stop)
+
+
+def _train(config: BaseTrainConfig, out_path, progress: bool, checkpoint_path, stop) -> dict:
     checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
     resumed = (_load_checkpoint(checkpoint_path, config)
                if checkpoint_path is not None and checkpoint_path.is_file() else None)
     torch.set_num_threads(config.threads)
-    # Trained weights and Adam's moments fill up with denormal floats, which the CPU handles
-    # slowly: a step of the trained base took 0.44 s against 0.23 s flushed (2 threads)
-    torch.set_flush_denormal(True)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     images, targets = [], []
