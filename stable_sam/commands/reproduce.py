@@ -1,13 +1,14 @@
 """`stable-sam reproduce`: the small-scale reproduction of the paper's Tables 2 and 5 from
 scratch on the CPU: generated scenes, the base SAM (clean prompts only), Stable-SAM, its two
-ablations, PT-SAM and DT-SAM on the frozen base (one epoch, the trainer's default), and the
+ablations, PT-SAM and DT-SAM on the frozen base (`pipeline.method_steps` each), and the
 evaluation of all six on the held-out scenes with frozen prompts.
 
 Writes OUT/reproduction.json (the table) and OUT/results.md (the RESULTS.md section);
 `--publish` also writes them to benchmarks/, ships the base and Stable-SAM plugin weights as
-the embedded `demo` model and redraws docs/demo_grid.png with them: only into the source checkout the package was imported from, and only
-a run of the full recipe (the defaults) unless `--publish-any-recipe`. Each stage skips what OUT
-already holds, so a cut run continues; SIGTERM and Ctrl+C stop it with exit 143 / 130.
+the embedded `demo` model and redraws docs/demo_grid.png with them: only into the source
+checkout the package was imported from, and only a run of the full recipe (the defaults) unless
+`--publish-any-recipe`. Each stage skips what OUT already holds, so a cut run continues; SIGTERM
+and Ctrl+C stop it with exit 143 / 130.
 """
 
 import argparse

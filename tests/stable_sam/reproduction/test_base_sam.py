@@ -160,3 +160,14 @@ def test_the_box_share_of_the_steps_is_the_configured_one(box_share):
         assert set(points) == {"points3", "points5", "points10"}
         assert max(points.count(k) for k in set(points)) < 1.15 * min(points.count(k)
                                                                       for k in set(points))
+
+
+@pytest.mark.parametrize("grad_clip, calls", [(1.0, [1.0, 1.0]), (0.0, [])])
+def test_gradients_are_clipped_at_the_configured_norm(tmp_path, monkeypatch, grad_clip, calls):
+    seen = []
+    real = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_",
+                        lambda params, max_norm: seen.append(max_norm) or real(params, max_norm))
+    train_base_sam(BaseTrainConfig(num_scenes=2, steps=2, grad_clip=grad_clip),
+                   tmp_path / "b.safetensors", progress=False)
+    assert seen == calls
