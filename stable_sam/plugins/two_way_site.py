@@ -117,9 +117,10 @@ def block_forward(
     keys may be one image's tokens (1, HW, C) for the N prompts of queries (N, T, C) (layer 0
     without keys_fn): its projections are then computed once, not once per prompt.
 
-    module_attention calls the block's cross-attention modules themselves, the image repeated
-    per prompt as a view: SAM 2's run F.scaled_dot_product_attention, whose rounding the
-    hand-written attention here does not reproduce, so its decoder stays SAM 2's bit for bit.
+    module_attention calls the block's cross-attention modules themselves on the tokens as SAM 2
+    lays them out (`transformer_forward`): SAM 2's run F.scaled_dot_product_attention, whose
+    rounding the hand-written attention here does not reproduce, so its decoder stays SAM 2's
+    bit for bit.
     """
     if block.skip_first_layer_pe:
         queries = block.self_attn(q=queries, k=queries, v=queries)
@@ -155,6 +156,20 @@ def block_forward(
     return queries, keys
 
 
+def _sam2_token_layout(image_embedding: Tensor, image_pe: Tensor, n: int) -> Tuple[Tensor, Tensor]:
+    """Image tokens and their positional encoding (N, HW, C) as SAM 2's TwoWayTransformer
+    makes them: channels-first views (flatten(2).permute(0, 2, 1)) of its inputs, the
+    positional encoding repeated to the N prompts (repeat_interleave) as its MaskDecoder does.
+
+    The memory layout is part of the arithmetic: the attention projections of a channels-first
+    view and of a contiguous copy select different GEMM blockings on some CPUs, whose sums
+    round differently (1e-7 on the logits), so equal values alone do not keep SAM 2's bits.
+    """
+    if image_pe.shape[0] != n:
+        image_pe = torch.repeat_interleave(image_pe, n, dim=0)
+    return image_embedding.flatten(2).permute(0, 2, 1), image_pe.flatten(2).permute(0, 2, 1)
+
+
 def transformer_forward(
     transformer: nn.Module,
     image_embedding: Tensor,
@@ -169,13 +184,17 @@ def transformer_forward(
     layers[PLUGIN_LAYER] only; module_attention as there).
 
     image_embedding (1 or N, C, H, W); image_pe (1 or N, C, H, W), broadcast rather than
-    repeated. One image embedding is shared by the N prompts of point_embedding (N, T, C) up to
+    repeated (repeated under module_attention, as SAM 2 does). One image embedding is shared by the N prompts of point_embedding (N, T, C) up to
     the first block that makes the keys the prompt's own.
     """
-    image_tokens = image_embedding.flatten(2).transpose(1, 2).contiguous()
-    # contiguous once: every block adds it to (N, HW, C) tokens, and a channels-first view
-    # makes each of those adds a strided gather
-    key_pe = image_pe.flatten(2).permute(0, 2, 1).contiguous()
+    if module_attention:
+        image_tokens, key_pe = _sam2_token_layout(image_embedding, image_pe,
+                                                  point_embedding.shape[0])
+    else:
+        image_tokens = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        # contiguous once: every block adds it to (N, HW, C) tokens, and a channels-first view
+        # makes each of those adds a strided gather
+        key_pe = image_pe.flatten(2).permute(0, 2, 1).contiguous()
     queries, keys = point_embedding, image_tokens
     for index, layer in enumerate(transformer.layers):
         site = index == PLUGIN_LAYER

@@ -76,6 +76,11 @@ def predict_masks(
     tokens = torch.cat(
         (output_tokens.unsqueeze(0).expand(n, -1, -1), sparse_prompt_embeddings), dim=1
     )
+    if image_embeddings.shape[0] != n:
+        # SAM 2's repeat_image: a real copy, not a broadcast, since its memory layout (contiguous
+        # channels-first, where the encoder's embedding is channels-last) decides the rounding
+        # of every attention projection after it (two_way_site._sam2_token_layout)
+        image_embeddings = torch.repeat_interleave(image_embeddings, n, dim=0)
     src = image_embeddings + dense_prompt_embeddings
     _, c, h, w = src.shape
 

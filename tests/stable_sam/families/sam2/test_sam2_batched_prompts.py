@@ -88,6 +88,8 @@ def test_boxes_equal_predict_batch(predictor, images, normalize):
         boxes = [b / np.array([w, h, w, h]) for b, (h, w) in zip(boxes, SIZES)]
     predictor.set_image_batch(images)
     expected = predictor.predict_batch(box_batch=boxes, normalize_coords=normalize)
+    expected_logits = predictor.predict_batch(box_batch=boxes, normalize_coords=normalize,
+                                              return_logits=True)[0]
     got = predictor.predict_across_images(predictor_image(predictor),
                                           [ImagePrompts(boxes=b) for b in boxes],
                                           normalize_coords=normalize)
@@ -95,7 +97,11 @@ def test_boxes_equal_predict_batch(predictor, images, normalize):
         one = [a[i] for a in got]
         if boxes[i].shape[0] == 1:  # predict_batch drops the prompt axis of one prompt
             one = [a[0] for a in one]
-        assert np.array_equal(one[0], expected[0][i])  # thresholded masks
+        # thresholded masks: equal wherever the loop's logit is further than the rounding
+        # tolerance from the threshold (a pixel at 1e-7 may fall either side on other kernels)
+        decided = np.abs(expected_logits[i]) > TOL
+        assert decided.mean() > 0.99
+        assert np.array_equal(one[0][decided], expected[0][i][decided])
         np.testing.assert_allclose(one[1], expected[1][i], atol=TOL, rtol=0)
         np.testing.assert_allclose(one[2], expected[2][i], atol=TOL, rtol=0)
 
