@@ -165,11 +165,12 @@ def _one_line(exc: BaseException) -> str:
 
 
 def run(args) -> int:
-    from ._common import check_device, check_family_installed
+    from ._common import check_device, check_family_installed, check_tensorboard
     from ..training.checkpointing import CheckpointError, prepare_out_dir
 
     config = resolve_config(args)
     check_family_installed(config.model_type)  # before OUT is touched
+    check_tensorboard()
     if config.device != "auto":  # from a flag, --config or the checkpoint
         check_device(config.device)
     try:  # before anything is generated into it

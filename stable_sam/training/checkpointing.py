@@ -82,7 +82,7 @@ def _keep_previous(path: Path) -> None:
 
 # Fields a resumed run may change: how long it runs and how it reports, not what it computes.
 RESUME_MAY_CHANGE = ("steps", "epochs", "out_dir", "num_workers", "log_every", "ckpt_every",
-                     "device", "cpu_threads")
+                     "device", "cpu_threads", "cache_embeddings")
 
 
 def check_resume_config(saved: TrainConfig, config: TrainConfig) -> None:

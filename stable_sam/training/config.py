@@ -43,6 +43,10 @@ class TrainConfig:
     rts: Dict[str, Any] = field(default_factory=lambda: {"occlusion_probability": 0.25})
     lsj: bool = True  # large-scale jitter as HQ-SAM; False = resize longest side + pad
     lsj_scale: List[float] = field(default_factory=lambda: [0.1, 2.0])  # LSJ scale range
+    # keep each training image's embedding after its first step (training/embedding_cache.py):
+    # the encoder is frozen, so without LSJ a step is decoder-only (an occluded image is still
+    # encoded for its step). Needs lsj off: a jittered image is new at every step.
+    cache_embeddings: bool = False
     # --- optimisation (paper §9: Adam, lr 1e-3, no weight decay; §5.1: one epoch)
     lr: float = 1e-3  # Adam learning rate
     weight_decay: float = 0.0  # the paper trains without weight decay
@@ -92,6 +96,9 @@ class TrainConfig:
         if len(self.lsj_scale) != 2 or not 0 < self.lsj_scale[0] <= self.lsj_scale[1]:
             raise ValueError(f"TrainConfig.lsj_scale must be [low, high], 0 < low <= high, "
                              f"got {self.lsj_scale}")
+        if self.cache_embeddings and self.lsj:
+            raise ValueError("TrainConfig.cache_embeddings needs lsj off (--no-lsj): a jittered "
+                             "image is a new image at every step, so there is nothing to reuse")
         self._check_bounds()
         if isinstance(self.data, (str, os.PathLike)):
             self.data = [str(self.data)]

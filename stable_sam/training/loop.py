@@ -63,6 +63,7 @@ from .distributed import (
     mean_over_ranks,
     resolve_device,
 )
+from .embedding_cache import EmbeddingCache
 from .log import TrainingLog
 from .losses import mask_loss
 from .model import PromptedDecoder, build_model, model_input_size
@@ -109,6 +110,7 @@ class _Run:
     steps_per_epoch: int
     total_steps: int
     owns_group: bool  # this run started the process group, so it also ends it
+    embedding_cache: Optional[EmbeddingCache] = None  # config.cache_embeddings
 
     @property
     def out_dir(self) -> Path:
@@ -196,8 +198,9 @@ def _build_run(config: TrainConfig, ctx: DistContext) -> _Run:
             f"({config.batch_size} x {ctx.world_size} processes)"
         )
     total_steps = config.steps if config.steps > 0 else config.epochs * steps_per_epoch
+    cache = EmbeddingCache(device) if config.cache_embeddings else None
     return _Run(config, ctx, device, spec, model, decoder, optimizer, scaler, samples,
-                steps_per_epoch, total_steps, owns_group)
+                steps_per_epoch, total_steps, owns_group, cache)
 
 
 def _configure_torch(config: TrainConfig, device: torch.device) -> None:
@@ -235,11 +238,18 @@ def _run_step(run: _Run, batch: Dict[str, Any], step: int,
     lr = get_lr(config, step, run.steps_per_epoch)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    images = batch["image"].to(device, non_blocking=True).float()
     targets = batch["mask"].to(device, non_blocking=True)
     prompts = batch["prompts"]
-    with torch.no_grad(), _autocast(config, device):
-        embeddings = model.image_encoder(model.preprocess(images))
+    if run.embedding_cache is not None:
+        def encode(batch_images):
+            with _autocast(config, device):
+                return model.image_encoder(model.preprocess(batch_images.float()))
+
+        embeddings = run.embedding_cache.lookup(batch["image"], encode, batch["reusable_images"])
+    else:
+        images = batch["image"].to(device, non_blocking=True).float()
+        with torch.no_grad(), _autocast(config, device):
+            embeddings = model.image_encoder(model.preprocess(images))
     with _autocast(config, device):
         logits = run.decoder(embeddings, prompts)
     bce, dice = mask_loss(

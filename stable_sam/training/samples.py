@@ -96,7 +96,8 @@ class TrainingSamples(torch.utils.data.Dataset):
         image, mask = self._geometry(item["image"], item["mask"], rng("jitter"),
                                      f"{item['name']!r} (#{local} of {dataset.name})")
         occlusion_rng = rng("occlusion")
-        if len(self) > 1 and occlusion_rng.uniform() < self.rts.occlusion_probability:
+        occluded = len(self) > 1 and occlusion_rng.uniform() < self.rts.occlusion_probability
+        if occluded:
             other = int(occlusion_rng.integers(len(self) - 1))
             other += other >= index  # any image but this one
             od, olocal = self.locate(other)
@@ -110,6 +111,8 @@ class TrainingSamples(torch.utils.data.Dataset):
             "mask": torch.from_numpy(mask)[None],  # (1, S, S) bool
             "prompt": _prompt_to_tensors(prompt),
             "kind": prompt.kind,
+            # the same image at every epoch (no jitter, no occluder): its embedding can be kept
+            "reusable_image": not occluded and not self.config.lsj,
         }
 
     def _geometry(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
@@ -152,6 +155,7 @@ def collate(items: List[Dict[str, Any]]) -> Dict[str, Any]:
         "mask": torch.stack([it["mask"] for it in items]),  # (B, 1, S, S) bool
         "prompts": [it["prompt"] for it in items],
         "kinds": [it["kind"] for it in items],
+        "reusable_images": [it["reusable_image"] for it in items],
     }
 
 
