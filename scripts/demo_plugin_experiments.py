@@ -46,6 +46,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--occlusion", type=float, default=0.25)
+    parser.add_argument("--num-points", type=int, default=48 * 48,
+                        help="points per mask of the trainer's point loss (its default, 112 x 112, "
+                        "is for 256 x 256 logits; the demo's are 64 x 64)")
+    parser.add_argument("--kinds", nargs="+", default=None,
+                        help="train on these RTS prompt kinds only, equally weighted")
     parser.add_argument("--train-scenes", type=int, default=1000)
     parser.add_argument("--val-scenes", type=int, default=20)
     parser.add_argument("--prompts-per-target", type=int, default=5)
@@ -65,6 +70,7 @@ def main() -> None:
     result = {"tag": args.tag, "base": str(base), "val_seed": VAL_SEED,
               "val_scenes": args.val_scenes, "samples": args.samples,
               "batch_size": args.batch_size, "lr": args.lr, "occlusion": args.occlusion,
+              "num_points": args.num_points, "kinds": args.kinds,
               "methods": {}}
     _, predictor = pipeline.load_method("sam", base, None)
     result["methods"]["sam"] = score(predictor, dataset, prompts)
@@ -73,12 +79,15 @@ def main() -> None:
     train_dir = pipeline.prepare_scenes(out, args.train_scenes)["train"]
     steps = max(1, args.samples // args.batch_size)
     run_dir = out / f"{base.stem}_{args.tag or 'run'}_{args.samples}x{args.batch_size}_lr{args.lr:g}"
+    rts = {"occlusion_probability": args.occlusion}
+    if args.kinds:
+        rts["weights"] = {k: 1.0 for k in args.kinds}
     for method in args.methods:
         started = time.perf_counter()
         weights = pipeline.train_methods(
             run_dir, base, train_dir, methods=(method,), threads=args.threads, steps=steps,
             batch_size=args.batch_size, lr=args.lr, lsj=False, cache_embeddings=True,
-            rts={"occlusion_probability": args.occlusion})[method]
+            num_points=args.num_points, rts=rts)[method]
         seconds = time.perf_counter() - started
         _, predictor = pipeline.load_method(method, base, weights)
         result["methods"][method] = {**score(predictor, dataset, prompts),

@@ -280,8 +280,44 @@ def evaluate_methods(out: Path, base: Path, dataset: SceneTargets, weights: dict
         write_json_atomic(out / f"records_{method}_{prompts_file.stem}.json", records)
         table["methods"][method] = {"trainable_params": trainable_params(model, method), **row}
         write_json_atomic(row_file, table["methods"][method])
+    if "sam" in methods:
+        table["site_reliance"] = base_site_reliance(out, base, dataset, prompts,
+                                                    prompts_file.stem)
     table.update(split_summary(dataset))
     return table
+
+
+RELIANCE_KINDS = ("box", "noisy_box")
+RELIANCE_PROMPTS = 5  # noisy boxes per target: five routes removed, so the first five of 20
+
+
+def base_site_reliance(out: Path, base: Path, dataset: SceneTargets, prompts: dict,
+                       stem: str) -> dict:
+    """The base's route reliance on the held-out split (`evaluation.route_reliance`): whether
+    the plugin site carries its masks at all. Kept in OUT like a method's row."""
+    import torch
+
+    from ..evaluation.route_reliance import route_reliance
+
+    path = out / f"site_reliance_{stem}.json"
+    if path.is_file():
+        return read_json(path, "the base's route reliance", "delete it to measure it again")
+    _, predictor = load_method("sam", base, None)
+    with torch.no_grad():
+        result = route_reliance(predictor, dataset, first_prompts(prompts, RELIANCE_PROMPTS),
+                                RELIANCE_KINDS)
+    result["prompts_per_target"] = RELIANCE_PROMPTS
+    write_json_atomic(path, result)
+    return result
+
+
+def first_prompts(prompts: dict, count: int) -> dict:
+    """Frozen prompts with each target's first `count` prompts of every kind."""
+    images = [{**image, "targets": [
+        {**target, "prompts": {k: v[:count] for k, v in target["prompts"].items()}}
+        for target in image["targets"]]} for image in prompts["images"]]
+    return {**prompts, "images": images, "prompts_per_image": min(count,
+                                                                   prompts["prompts_per_image"])}
 
 
 def test_prompts(out: Path, dataset: SceneTargets, prompts_per_image: int, max_images: int = 0):

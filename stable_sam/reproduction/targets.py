@@ -142,9 +142,30 @@ def markdown_section(table: dict, command: str, machine: str, note: str = "") ->
                      f"{_cell(row['follow'][k]['stable_but_wrong'])}" for k in KINDS]
             lines.append(f"| {TITLES.get(method, method)} | " + " | ".join(cells)
                          + f" | {_cell(row.get('background_box', {}).get('on_objects'))} |")
+    if "site_reliance" in table:
+        lines += ["", *reliance_lines(table["site_reliance"])]
     lines += ["", "### Targets", "", "| target | measured | |", "| --- | --- | --- |"]
     for name, met, measured in check_targets(table):
         lines.append(f"| {name} | {measured} | {'met' if met else 'MISSED'} |")
     if note:
         lines += ["", note]
     return "\n".join(lines) + "\n"
+
+
+def reliance_lines(reliance: dict) -> list:
+    """The base's route reliance as a markdown table: mIoU with every route, and lost when one
+    is removed (the plugin site marked)."""
+    kinds = list(reliance["full"])
+    lines = ["### The base's route reliance: mIoU lost when one attention route is removed", "",
+             f"First {reliance.get('prompts_per_target', '')} prompts of each kind per target; "
+             "a route's output projection zeroed (`evaluation/route_reliance.py`). Stable-SAM's "
+             "plugins change only the plugin site's keys/values.", "",
+             "| route | " + " | ".join(f"{KIND_TITLES.get(k, k)} mIoU lost" for k in kinds) + " |",
+             "|" + " --- |" * (1 + len(kinds)),
+             "| none removed (mIoU) | " + " | ".join(_cell(reliance["full"][k]) for k in kinds)
+             + " |"]
+    for name, row in reliance["routes"].items():
+        label = f"**{name} (plugin site)**" if name == reliance["site"] else name
+        lines.append(f"| {label} | " + " | ".join(_cell(row["drop"][k]) for k in kinds) + " |")
+    return lines
+

@@ -14,7 +14,12 @@ def test_reproduce_in_miniature(tmp_path, capsys):
     out = tmp_path / "r"
     assert main(["reproduce", "--out", str(out), *ARGS]) == 0
     table = json.loads((out / "reproduction.json").read_text())
-    assert set(table) == {"methods", "box_fill_mIoU", "test_targets"}
+    assert set(table) == {"methods", "box_fill_mIoU", "test_targets", "site_reliance"}
+    reliance = table["site_reliance"]
+    assert reliance["site"] == "layers[1].token_to_image" and len(reliance["routes"]) == 5
+    # with every route, the base's mIoU is its row's (the first five noisy boxes of 2 = both)
+    assert reliance["full"]["box"] == table["methods"]["sam"]["kinds"]["box"]["mIoU"]
+    assert reliance["full"]["noisy_box"] == table["methods"]["sam"]["kinds"]["noisy_box"]["mIoU"]
     assert set(table["methods"]) == set(ALL_METHODS)
     # every target of the two held-out scenes (version 2, the fresh seed), not one per scene
     split = held_out_split(2)
@@ -33,6 +38,7 @@ def test_reproduce_in_miniature(tmp_path, capsys):
     assert table["methods"]["sam"]["trainable_params"] == 0
     assert table["methods"]["stable_sam"]["trainable_params"] == 83_307
     assert "### Targets" in (out / "results.md").read_text()
+    assert "**layers[1].token_to_image (plugin site)**" in (out / "results.md").read_text()
     weights = out / "stable_sam" / "plugins.safetensors"
     stamp = weights.stat().st_mtime_ns
     capsys.readouterr()
