@@ -34,6 +34,17 @@ def check_family_installed(model_type: str) -> None:
         raise CliError(missing)
 
 
+def check_tensorboard() -> None:
+    """Training logs to tensorboard where it is installed (it is no dependency, and its absence
+    is silent); an installed one that fails to import is said now, not after OUT exists."""
+    from ..optional_imports import describe_failures, failing_imports
+
+    failures = failing_imports(("tensorboard",), {"tensorboard": "torch.utils.tensorboard"})
+    if failures:
+        raise CliError(f"training logs to tensorboard where it is installed, and "
+                       f"{describe_failures(failures)}: repair or uninstall it")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-type",

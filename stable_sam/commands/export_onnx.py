@@ -2,7 +2,7 @@
 with segment_anything's exported-decoder interface (plugins included), and the image encoder."""
 
 import argparse
-import importlib.util
+import importlib.util  # noqa: F401 - tests fake a missing onnx package through it
 import os
 
 from . import CliError, _common
@@ -72,13 +72,25 @@ def _check_outputs(args) -> None:
         _common.check_output_file(flag, path, args.overwrite)
 
 
-def check_args(args) -> None:
-    """Every check that needs no model: options, output paths, the onnx extra, the compiled op."""
-    missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+def check_onnx_extra() -> None:
+    """The onnx extra's packages are installed and import (an incompatible onnxruntime raises
+    on import: said now, not as a traceback halfway through the export)."""
+    from ..optional_imports import describe_failures, failing_imports, not_installed
+
+    missing = not_installed(ONNX_PACKAGES)
     if missing:
         raise CliError(
             f"missing {', '.join(missing)}: install the onnx extra (pip install 'stable-sam[onnx]')"
         )
+    failures = failing_imports(ONNX_PACKAGES)
+    if failures:
+        raise CliError(f"the ONNX export: {describe_failures(failures)}; the onnx extra's "
+                       "versions: pip install 'stable-sam[onnx]'")
+
+
+def check_args(args) -> None:
+    """Every check that needs no model: options, output paths, the onnx extra, the compiled op."""
+    check_onnx_extra()
     if args.device not in (None, "cpu"):
         raise CliError(f"the export runs on the CPU; --device must be cpu, is {args.device!r}")
     from ..export import DEFAULT_OPSET, check_export_options

@@ -102,6 +102,9 @@ def check_arguments(args) -> None:
                        f"{args.train_scenes}")
     if args.publish_any_recipe and not args.publish:
         raise CliError("--publish-any-recipe only applies with --publish")
+    from ._common import check_tensorboard
+
+    check_tensorboard()  # the methods' training logs to it
     # the work folder, or the nearest part of its path that exists, must be a writable folder
     existing = Path(args.out)
     while not existing.exists() and existing != existing.parent:

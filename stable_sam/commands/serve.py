@@ -12,6 +12,9 @@ from . import CliError, _common
 
 HELP = ("start a local web page: upload an image or pick a scene, draw a box or click, and see "
         "SAM's and Stable-SAM's masks side by side (runs on the embedded demo model by default)")
+# what stable_sam.serve imports from the serve extra (starlette and h11 come with fastapi and
+# uvicorn, and the server imports them itself)
+SERVE_PACKAGES = ("fastapi", "starlette", "uvicorn", "h11")
 MAX_CACHE_IMAGES = 64  # each cached embedding is 256x64x64 floats (4 MiB) for SAM's ViTs
 
 
@@ -54,6 +57,21 @@ def _check(args) -> None:
         raise CliError(f"--max-in-flight must be >= 1, is {args.max_in_flight}")
 
 
+def _check_serve_extra() -> None:
+    """FastAPI and uvicorn are installed and import: an incompatible version raises on import
+    (anything, not only ImportError), and that is one line, not a traceback."""
+    from ..optional_imports import describe_failures, failing_imports, not_installed
+
+    missing = not_installed(SERVE_PACKAGES)
+    if missing:
+        raise CliError(f"the demo server needs {missing[0]!r}: install the serve extra, "
+                       "pip install -e '.[serve]'")
+    failures = failing_imports(SERVE_PACKAGES)
+    if failures:
+        raise CliError(f"the demo server: {describe_failures(failures)}; the serve extra's "
+                       "versions: pip install -e '.[serve]'")
+
+
 def _image_pixel_limit() -> int:
     """STABLE_SAM_MAX_IMAGE_PIXELS, checked now: a malformed value would otherwise start the
     server and then fail every upload."""
@@ -80,6 +98,7 @@ def run(args) -> int:
     _check(args)
     reader_limit = _image_pixel_limit()
     _common.check_model_arguments(args)
+    _check_serve_extra()
     try:
         from ..serve.app import create_app
         from ..serve.server import bind, serve_forever, url_of

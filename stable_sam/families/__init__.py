@@ -15,10 +15,11 @@ nothing until one of its model types is asked for, and then says in one line wha
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Optional, Tuple
+
+from ..optional_imports import describe_failures, failing_imports, not_installed
 
 if TYPE_CHECKING:
     from torch import nn
@@ -39,12 +40,18 @@ class Family:
         return f"{__name__}.{self.name}"
 
     def missing_dependency(self) -> Optional[str]:
-        """None when the family can be built here, else one line naming what to install."""
-        missing = [name for name in self.requires if importlib.util.find_spec(name) is None]
-        if not missing:
-            return None
-        return (f"{self.name} model types need {', '.join(missing)}, not installed: "
-                f"pip install 'stable-sam[{self.extra}]'")
+        """None when the family can be built here, else one line naming what to install, or
+        which installed package fails to import and how (the packages are imported to know:
+        finding one is not enough, an incompatible version raises on import)."""
+        missing = not_installed(self.requires)
+        if missing:
+            return (f"{self.name} model types need {', '.join(missing)}, not installed: "
+                    f"pip install 'stable-sam[{self.extra}]'")
+        failures = failing_imports(self.requires)
+        if failures:
+            return (f"{self.name} model types: {describe_failures(failures)}; the "
+                    f"{self.extra} extra's versions: pip install 'stable-sam[{self.extra}]'")
+        return None
 
     def load(self) -> ModuleType:
         """The family's package (builders, weights loader)."""
