@@ -4,6 +4,8 @@ the publish run). One line of JSON per run is appended to --log.
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/demo_base_experiments.py --steps 600 \
         --log runs/base_experiments.jsonl
+    .venv/bin/python scripts/demo_base_experiments.py --box-jitter 0.1 --click-share 0.25 \
+        --correction-rounds 2   # SAM's own recipe on top
     .venv/bin/python scripts/demo_base_experiments.py --ceiling   # the grid ceilings only
 """
 from __future__ import annotations
@@ -67,6 +69,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--box-share", type=float, default=0.25)
     parser.add_argument("--grad-clip", type=float, default=0.0)
+    # SAM's own recipe (BaseTrainConfig's box_jitter, click_share, correction_rounds), off
+    parser.add_argument("--box-jitter", type=float, default=0.0,
+                        help="std of each training-box coordinate's noise as a share of the side "
+                             "(SAM: 0.1), capped at 20 px")
+    parser.add_argument("--click-share", type=float, default=0.0,
+                        help="share of steps prompted by one click under the multimask "
+                             "ambiguity loss")
+    parser.add_argument("--correction-rounds", type=int, default=0,
+                        help="correction clicks from the error region per step, each with the "
+                             "previous logits as a mask prompt")
     parser.add_argument("--targets-per-image", type=int, default=4)
     parser.add_argument("--images-per-step", type=int, default=4)
     parser.add_argument("--val-scenes", type=int, default=60)
@@ -85,10 +97,13 @@ def main() -> None:
                                  scene_version=args.scene_version,
                                  box_share=args.box_share, grad_clip=args.grad_clip,
                                  targets_per_image=args.targets_per_image,
-                                 images_per_step=args.images_per_step)
+                                 images_per_step=args.images_per_step,
+                                 box_jitter=args.box_jitter, click_share=args.click_share,
+                                 correction_rounds=args.correction_rounds)
         name = (f"{args.architecture.replace('/', '-')}_s{args.scene_version}_{args.steps}"
                 f"_lr{args.lr:g}_min{args.min_lr_ratio:g}_box{args.box_share:g}_clip{args.grad_clip:g}"
-                f"_{args.images_per_step}x{args.targets_per_image}")
+                f"_{args.images_per_step}x{args.targets_per_image}_jit{args.box_jitter:g}"
+                f"_click{args.click_share:g}_corr{args.correction_rounds}")
         path = Path(args.out) / f"{name}.safetensors"
         summary = train_base_sam(config, path, progress=False)
         started = time.perf_counter()

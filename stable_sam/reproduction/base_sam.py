@@ -1,5 +1,5 @@
 """Trains the demo's base SAM on clean prompts only, as SAM was: the tight GT box or several
-positive points (3, 5 or 10) of one visible object per scene, never a loose box or one click.
+positive points (3, 5 or 10) of one visible object per scene, never a loose box.
 
 Each step encodes a few images and decodes several targets from each embedding, drawn uniformly
 from every target of the scene (`scene_targets`: each object above a minimum size and each
@@ -8,6 +8,13 @@ prompt to any object, not to find the named one. Loss: sigmoid BCE + dice on the
 input resolution, plus SAM's IoU-prediction MSE so that predicted scores mean something.
 The learning rate warms up for 5 % of the steps, then follows a cosine down to
 `min_lr_ratio` of its peak, so the last third still learns.
+
+Three knobs add the rest of SAM's own recipe (SAM paper, appendix A), each off by default so
+that the default run is the published one bit for bit: `box_jitter` (SAM's small noise on the
+training boxes), `click_share` (steps of one click decoded by the three multimask tokens under
+SAM's ambiguity loss, the minimum over them) and `correction_rounds` (SAM's iterative training:
+clicks from the error region with the previous logits as a mask prompt, same embeddings).
+The prompts are in `base_prompts.py`.
 
 One thread:  `.venv/bin/python -c "from stable_sam.reproduction.base_sam import *;
 train_base_sam(BaseTrainConfig(), 'base.safetensors')"` (or `stable-sam reproduce`).
@@ -29,6 +36,7 @@ from ..data._io import write_atomic
 from ..data.prompts import gt_box, positive_points
 from ..data.scenes import TRAIN_SEED, make_scene, scene_targets
 from ..families.sam import StableSam
+from .base_prompts import correction_clicks, jitter_boxes
 from .denormals import denormals_flushed
 from ..families.demo.build import (DEMO_IMAGE_SIZE, TRAINED_ARCHITECTURE, build_demo_sam,
                                    save_sam_weights)
@@ -60,6 +68,33 @@ class BaseTrainConfig:
     # mask for every prompt with and without it; at 2e-3 it gave 46.1 against 45.5 (900 steps):
     # kept as insurance for the long run
     grad_clip: float = 1.0
+    # SAM's recipe, each off by default (today's published recipe):
+    # > 0: each coordinate of a training box moves by Gaussian noise of std box_jitter x the
+    # box's side, the move capped at base_prompts.BOX_JITTER_MAX_PX (SAM: 0.1 and 20 px)
+    box_jitter: float = 0.0
+    # share of steps prompted by ONE positive click, decoded by SAM's three multimask tokens
+    # under its ambiguity loss (issue 31, 2000 steps: with lr 1e-3 and 0.25, 59.5 GT-box mIoU
+    # and the plugin site alive, 46.3 lost without it; with lr 2e-3 one constant mask);
+    # box_share + click_share <= 1, the rest are 3, 5 or 10 points
+    click_share: float = 0.0
+    # SAM's iterative training: after the first prediction, this many rounds that each add a
+    # click from the larger error region and feed the previous low-res logits as the mask
+    # prompt (SAM: 8 + 2 rounds); the step's loss is the mean over its 1 + rounds predictions
+    correction_rounds: int = 0
+
+    def __post_init__(self):
+        if self.box_jitter < 0:
+            raise ValueError(f"box_jitter must be >= 0, is {self.box_jitter}")
+        if not 0 <= self.click_share <= 1 - self.box_share:
+            raise ValueError(f"click_share must be in [0, 1 - box_share = "
+                             f"{1 - self.box_share:g}], is {self.click_share}")
+        if self.correction_rounds < 0:
+            raise ValueError(f"correction_rounds must be >= 0, is {self.correction_rounds}")
+
+
+# fields added after checkpoints were first written; each default is the behaviour of the code
+# before it, so a checkpoint without them resumes as if it had them at their defaults
+ADDED_FIELDS = ("box_jitter", "click_share", "correction_rounds")
 
 
 def lr_at(step: int, config: BaseTrainConfig) -> float:
@@ -79,17 +114,27 @@ def _pick_targets(targets: list, count: int, rng: np.random.Generator) -> list:
 
 
 def _pick_kind(config: BaseTrainConfig, rng: np.random.Generator) -> str:
-    if rng.uniform() < config.box_share:
+    """The step's prompt kind: "box" (box_share of the steps), "click" (click_share) or 3, 5
+    or 10 points uniformly. One uniform draw picks among them, so click_share 0 draws what the
+    recipe always drew."""
+    draw = rng.uniform()
+    if draw < config.box_share:
         return "box"
+    if draw < config.box_share + config.click_share:
+        return "click"
     points = [k for k in CLEAN_KINDS if k != "box"]
     return points[int(rng.integers(len(points)))]
 
 
-def _prompt_tensors(kind: str, masks: list, rng: np.random.Generator):
+def _prompt_tensors(kind: str, masks: list, rng: np.random.Generator, box_jitter: float = 0.0):
+    """(points (coords Bx n x2, labels Bx n) or None, boxes Bx4 or None) in the masks' frame:
+    the tight box (jittered when box_jitter > 0), or n positive points (one for "click")."""
     if kind == "box":
-        boxes = torch.as_tensor(np.stack([gt_box(m) for m in masks]), dtype=torch.float32)
-        return None, boxes
-    n = int(kind[len("points"):])
+        boxes = np.stack([gt_box(m) for m in masks])
+        if box_jitter > 0:
+            boxes = jitter_boxes(boxes, masks[0].shape, box_jitter, rng)
+        return None, torch.as_tensor(boxes, dtype=torch.float32)
+    n = 1 if kind == "click" else int(kind[len("points"):])
     coords = np.stack([positive_points(m, n, rng)[0] for m in masks]).astype(np.float32)
     return (torch.as_tensor(coords), torch.ones(coords.shape[:2], dtype=torch.int64)), None
 
@@ -98,6 +143,80 @@ def _dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     prob = logits.sigmoid().flatten(1)
     target = target.flatten(1)
     return (1 - (2 * (prob * target).sum(1) + 1) / (prob.sum(1) + target.sum(1) + 1)).mean()
+
+
+@torch.no_grad()
+def _actual_iou(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """IoU of each thresholded output with its target: logits NxMxHxW, gt Nx1xHxW -> NxM."""
+    pred, target = logits > 0, gt > 0
+    return (pred & target).flatten(2).sum(2) / ((pred | target).flatten(2).sum(2) + 1)
+
+
+def _mask_loss(logits: torch.Tensor, iou_pred: torch.Tensor, gt: torch.Tensor):
+    """The single-mask loss: BCE + dice + the IoU head's MSE. logits Nx1xHxW at the input
+    resolution, iou_pred Nx1, gt Nx1xHxW; returns (loss, IoU N)."""
+    iou = _actual_iou(logits, gt)[:, 0]
+    loss = (F.binary_cross_entropy_with_logits(logits, gt) + _dice(logits, gt)
+            + F.mse_loss(iou_pred[:, 0], iou.float()))
+    return loss, iou
+
+
+def _ambiguity_loss(logits: torch.Tensor, iou_pred: torch.Tensor, gt: torch.Tensor):
+    """SAM's loss for an ambiguous prompt: of the M outputs (its three multimask tokens) only
+    the one with the lowest BCE + dice backpropagates its mask loss, per prompt; the IoU head
+    learns every output's actual IoU. logits NxMxHxW, iou_pred NxM, gt Nx1xHxW; returns
+    (loss, IoU N of each prompt's kept output)."""
+    target = gt.expand_as(logits)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(2).mean(2)
+    prob, flat = logits.sigmoid().flatten(2), target.flatten(2)
+    dice = 1 - (2 * (prob * flat).sum(2) + 1) / (prob.sum(2) + flat.sum(2) + 1)  # N x M
+    per_output = bce + dice
+    best = per_output.detach().argmin(1, keepdim=True)  # N x 1
+    iou = _actual_iou(logits, gt)  # N x M
+    loss = per_output.gather(1, best).mean() + F.mse_loss(iou_pred, iou.float())
+    return loss, iou.gather(1, best)[:, 0]
+
+
+def _decode(model, embeddings, points, boxes, mask_input, multimask: bool):
+    """The base's own decoder (no plugins) on prompts in the input frame; mask_input is None or
+    low-res logits Nx1x4hx4w (the decoder's own output size). Returns (low_res NxMx4hx4w,
+    iou_pred NxM), M = 3 with multimask, else 1."""
+    sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+    return model.decode(embeddings, model.prompt_encoder.get_dense_pe(), sparse, dense,
+                        multimask_output=multimask, use_plugins=False)
+
+
+def _with_click(points, clicks):
+    """The round's points: the previous ones (None for a box step) and one click per target."""
+    clicks = tuple(torch.as_tensor(c) for c in clicks)
+    if points is None:
+        return clicks
+    return torch.cat([points[0], clicks[0]], 1), torch.cat([points[1], clicks[1]], 1)
+
+
+def _step_loss(model, embeddings, points, boxes, gt, multimask: bool, rounds: int,
+               rng: np.random.Generator):
+    """The step's loss and the first prediction's IoU with each target (N). With `rounds`, SAM's
+    iterative training on the same embeddings: each round adds a correction click from the
+    previous prediction's error (`base_prompts.correction_clicks`) and feeds its low-res logits,
+    detached, as the mask prompt; after a multimask round the output with the highest predicted
+    IoU goes on, as in SAM, and the rounds after it (two or more prompts) decode one mask. The
+    loss is the mean over the 1 + rounds predictions."""
+    low_res, iou_pred = _decode(model, embeddings, points, boxes, None, multimask)
+    logits = F.interpolate(low_res, size=gt.shape[-2:], mode="bilinear", align_corners=False)
+    loss, first_iou = (_ambiguity_loss if multimask else _mask_loss)(logits, iou_pred, gt)
+    losses = [loss]
+    rows = torch.arange(len(gt))
+    for _ in range(rounds):
+        kept = iou_pred.detach().argmax(1)  # always 0 for a single mask
+        previous = low_res[rows, kept][:, None].detach()
+        pred = (logits[rows, kept] > 0).numpy()
+        points = _with_click(points, correction_clicks(pred, gt[:, 0].numpy() > 0, rng))
+        low_res, iou_pred = _decode(model, embeddings, points, boxes, previous, False)
+        logits = F.interpolate(low_res, size=gt.shape[-2:], mode="bilinear",
+                               align_corners=False)
+        losses.append(_mask_loss(logits, iou_pred, gt)[0])
+    return (losses[0] if len(losses) == 1 else torch.stack(losses).mean()), first_iou
 
 
 def _batch(targets, images, config: BaseTrainConfig, rng: np.random.Generator):
@@ -139,7 +258,10 @@ def _load_checkpoint(path: Path, config: BaseTrainConfig) -> dict:
         raise BaseCheckpointError(f"base SAM checkpoint {str(path)!r} could not be read "
                                   f"({type(exc).__name__}); delete it to train the base again"
                                   ) from None
-    if not isinstance(state, dict) or state.get("config") != asdict(config):
+    saved = state.get("config") if isinstance(state, dict) else None
+    if isinstance(saved, dict):  # written before ADDED_FIELDS: their defaults are what it ran
+        saved = {**{k: getattr(BaseTrainConfig, k) for k in ADDED_FIELDS}, **saved}
+    if saved != asdict(config):
         raise BaseCheckpointError(f"base SAM checkpoint {str(path)!r} was written with other "
                                   "settings; delete it to train the base again")
     return state
@@ -192,19 +314,12 @@ def _train(config: BaseTrainConfig, out_path, progress: bool, checkpoint_path, s
             group["lr"] = lr_at(step, config)
         batch, masks = _batch(targets, images, config, rng)
         kind = _pick_kind(config, rng)
-        points, boxes = _prompt_tensors(kind, masks, rng)
+        points, boxes = _prompt_tensors(kind, masks, rng, config.box_jitter)
         gt = torch.as_tensor(np.stack(masks)[:, None], dtype=torch.float32)
         embeddings = model.image_encoder(model.preprocess(batch))
         embeddings = embeddings.repeat_interleave(config.targets_per_image, dim=0)
-        sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
-        low_res, iou_pred = model.decode(embeddings, model.prompt_encoder.get_dense_pe(), sparse,
-                                         dense, multimask_output=False, use_plugins=False)
-        logits = F.interpolate(low_res, size=gt.shape[-2:], mode="bilinear", align_corners=False)
-        with torch.no_grad():
-            pred = logits > 0
-            iou = (pred & (gt > 0)).flatten(1).sum(1) / ((pred | (gt > 0)).flatten(1).sum(1) + 1)
-        loss = (F.binary_cross_entropy_with_logits(logits, gt) + _dice(logits, gt)
-                + F.mse_loss(iou_pred[:, 0], iou.float()))
+        loss, iou = _step_loss(model, embeddings, points, boxes, gt, kind == "click",
+                               config.correction_rounds, rng)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
