@@ -7,6 +7,11 @@ r"""`stable-sam evaluate`: mIoU / mBIoU / mSF under frozen prompts (and COCO mas
 The prompts file is created on the first run (then reused, so every model sees the same
 prompts). Results accumulate per model in OUT/results.json and OUT/results.md. Under torchrun
 the images are sharded over ranks; rank 0 writes the files.
+
+--worst-box also searches, per target and tau, the box near the GT box (IoU with it >= tau)
+that gives the model's lowest mask IoU and the one that gives its highest, by gradient on the
+box (stable_sam.evaluation.worst_box), and adds IoU-Min / IoU-Base / IoU-Max / Delta per tau to
+the row, with 95 % bootstrap intervals over images.
 """
 import argparse
 import os
@@ -16,6 +21,10 @@ from . import CliError
 from ._common import add_model_arguments, model_image_size
 
 DATA_FORMS = ("hqseg DIR [DIR ...]", "hqseg44k-val ROOT", "coco IMAGE_DIR ANN_FILE")
+# WorstBoxConfig's defaults, repeated here so that --help does not import torch
+WORST_BOX_DEFAULTS = {"steps": 3, "starts": 3, "time_budget_s": 10.0}
+WORST_BOX_OPTIONS = ("--worst-box-tau", "--worst-box-steps", "--worst-box-starts",
+                     "--worst-box-time-budget")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -47,6 +56,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--coco-score", choices=("iou", "one"), default="iou",
                         help="COCO detection score: predicted IoU (default) or 1.0")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
+    worst = parser.add_argument_group("worst-case boxes (--worst-box)")
+    worst.add_argument("--worst-box", action="store_true",
+                       help="also search each target's worst and best box near its GT box: "
+                            "IoU-Min / IoU-Base / IoU-Max / Delta per tau")
+    worst.add_argument("--worst-box-tau", nargs="+", type=float, default=None, metavar="TAU",
+                       help="the boxes' least IoU with the GT box, one search each "
+                            "(default 0.5 0.7)")
+    worst.add_argument("--worst-box-steps", type=int, default=None,
+                       help=f"gradient steps per start and direction (default "
+                            f"{WORST_BOX_DEFAULTS['steps']})")
+    worst.add_argument("--worst-box-starts", type=int, default=None,
+                       help=f"starts: the GT box and noisy boxes (default "
+                            f"{WORST_BOX_DEFAULTS['starts']})")
+    worst.add_argument("--worst-box-time-budget", type=float, default=None, metavar="SECONDS",
+                       help=f"per target; a search cut short is counted as truncated (default "
+                            f"{WORST_BOX_DEFAULTS['time_budget_s']:g})")
     parser.set_defaults(command="evaluate")
     return parser
 
@@ -81,12 +106,28 @@ def _init_distributed():
     return 0
 
 
-def build_predictor(args):
+def build_predictors(args):
+    """(the evaluation's predictor, the worst-box search's or None): plain SAM's own predictor
+    with --no-plugins; the search always drives the Stable-SAM predictor (plugins switched off
+    for --no-plugins), the one with a gradient path and the plugin switch."""
     from ..families import base_predictor_for, predictor_for
     from ._common import build_model
 
     model = build_model(args)
-    return base_predictor_for(model) if args.no_plugins else predictor_for(model)
+    predictor = base_predictor_for(model) if args.no_plugins else predictor_for(model)
+    if not args.worst_box:
+        return predictor, None
+    return predictor, (predictor if not args.no_plugins else predictor_for(model))
+
+
+def worst_box_settings(args):
+    """(taus, WorstBoxConfig) from the --worst-box-* options (checked by check_arguments)."""
+    from ..evaluation.worst_box import DEFAULT_TAUS, WorstBoxConfig
+
+    given = {"steps": args.worst_box_steps, "starts": args.worst_box_starts,
+             "time_budget_s": args.worst_box_time_budget}
+    config = WorstBoxConfig(**{k: v for k, v in given.items() if v is not None})
+    return tuple(args.worst_box_tau or DEFAULT_TAUS), config
 
 
 MAX_PROMPTS_PER_IMAGE = 1000
@@ -141,6 +182,7 @@ def check_arguments(args) -> None:
             raise CliError(f"--kinds: {exc}") from None
     if args.kinds is not None and len(set(args.kinds)) != len(args.kinds):
         raise CliError(f"--kinds names a kind twice: {args.kinds}")
+    check_worst_box_arguments(args)
     check_model_arguments(args)
     try:
         read_results(args.out)
@@ -162,6 +204,32 @@ def check_arguments(args) -> None:
             raise CliError(f"{what}: {existing!r} is not a writable folder")
 
 
+def check_worst_box_arguments(args) -> None:
+    """--worst-box-* values in range, and only with --worst-box (a search option without the
+    search would silently do nothing)."""
+    import math
+
+    from ..evaluation.worst_box import MAX_STARTS, MAX_STEPS, check_taus
+
+    given = [flag for flag in WORST_BOX_OPTIONS
+             if getattr(args, flag[2:].replace("-", "_")) is not None]
+    if given and not args.worst_box:
+        raise CliError(f"{given[0]} needs --worst-box")
+    if args.worst_box_tau is not None:
+        try:
+            check_taus(args.worst_box_tau)
+        except ValueError as exc:
+            raise CliError(f"--worst-box-tau: {exc}") from None
+    for flag, value, low, high in (("--worst-box-steps", args.worst_box_steps, 0, MAX_STEPS),
+                                   ("--worst-box-starts", args.worst_box_starts, 1, MAX_STARTS)):
+        if value is not None and not low <= value <= high:
+            raise CliError(f"{flag} must be in {low}..{high}, is {value}")
+    budget = args.worst_box_time_budget
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise CliError(f"--worst-box-time-budget must be a finite number of seconds > 0, "
+                       f"is {budget}")
+
+
 def run(args) -> int:
     from ..evaluation import COCO_KINDS, HQSEG_KINDS, evaluate_masks, write_results
 
@@ -174,13 +242,21 @@ def run(args) -> int:
     default_kinds = COCO_KINDS if form == "coco" else HQSEG_KINDS
     prompts = frozen_prompts_for(datasets, args, default_kinds, rank,
                                  model_image_size(args.model_type))
-    predictor = build_predictor(args)
+    predictor, worst_predictor = build_predictors(args)
     model_name = args.model_name or (
         f"{'SAM' if args.no_plugins else 'Stable-SAM'} {args.model_type}")
     try:
         results = [evaluate_masks(predictor, d, prompts[d.name], args.kinds,
                                   batch_size=args.batch_size, coco_score=args.coco_score,
                                   progress=args.progress) for d in datasets]
+        if worst_predictor is not None:
+            from ..evaluation.worst_box_rows import evaluate_worst_boxes
+
+            taus, config = worst_box_settings(args)
+            for result, dataset in zip(results, datasets):
+                result["worst_box"] = evaluate_worst_boxes(
+                    worst_predictor, dataset, taus=taus, config=config,
+                    use_plugins=not args.no_plugins, seed=args.seed, progress=args.progress)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     if rank == 0:

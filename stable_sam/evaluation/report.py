@@ -1,4 +1,8 @@
-"""The results table: results.json accumulates one row per (model, dataset); results.md renders it."""
+"""The results table: results.json accumulates one row per (model, dataset); results.md renders it.
+
+A row evaluated with the worst-case box search (`worst_box_rows`) also carries "worst_box":
+{"config", "taus": {tau: IoU-Min / Base / Max / Delta with intervals}}, rendered as a second
+table under the first."""
 from __future__ import annotations
 
 import json
@@ -16,6 +20,38 @@ RESULTS_FORMAT = "stable-sam-results/1"
 
 def _fmt(value: float) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{100 * value:.1f}"
+
+
+def _with_interval(value: float, interval) -> str:
+    text = _fmt(value)
+    return text if not interval else f"{text} [{_fmt(interval[0])}, {_fmt(interval[1])}]"
+
+
+WORST_BOX_COLUMNS = (("iou_min", "IoU-Min"), ("iou_base", "IoU-Base"), ("iou_max", "IoU-Max"),
+                     ("delta", "Delta"))
+
+
+def worst_box_table(rows: Iterable[dict]) -> str:
+    """Markdown: one line per (model, dataset, tau) of the rows with a worst-box search: IoU-Min,
+    IoU-Base, IoU-Max and Delta = Max - Min in percent, 95 % bootstrap intervals (images
+    resampled) in brackets; "" when no row has one."""
+    rows = [r for r in rows if "worst_box" in r]
+    if not rows:
+        return ""
+    lines = ["| Model | Dataset | tau | " + " | ".join(t for _, t in WORST_BOX_COLUMNS)
+             + " | targets | search |", "|" + "---|" * (5 + len(WORST_BOX_COLUMNS))]
+    for row in rows:
+        search = row["worst_box"]
+        config = search.get("config", {})
+        how = f"{config.get('steps', '?')} steps x {config.get('starts', '?')} starts"
+        for tau, numbers in search["taus"].items():
+            cells = [_with_interval(numbers[key], numbers.get(f"{key}_ci"))
+                     for key, _ in WORST_BOX_COLUMNS]
+            cut = f", {numbers['truncated']} cut by the time budget" if numbers.get(
+                "truncated") else ""
+            lines.append(f"| {row['model']} | {row['dataset']} | {tau} | " + " | ".join(cells)
+                         + f" | {numbers['count']} | {how}{cut} |")
+    return "\n".join(lines) + "\n"
 
 
 def results_table(rows: Iterable[dict]) -> str:
@@ -37,7 +73,13 @@ def results_table(rows: Iterable[dict]) -> str:
             m = row.get("coco", {}).get(k)
             cells.append("n/a" if m is None else f"{_fmt(m['map'])} / {_fmt(m['map50'])}")
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    table = "\n".join(lines) + "\n"
+    worst = worst_box_table(rows)
+    if worst:
+        table += ("\nWorst-case boxes: the lowest and highest mask IoU the gradient search "
+                  "found among boxes with IoU >= tau to the GT box (%; 95 % bootstrap intervals "
+                  "over images)\n\n" + worst)
+    return table
 
 
 def read_results(out_dir: str | os.PathLike) -> list[dict]:
@@ -68,7 +110,8 @@ def write_results(out_dir: str | os.PathLike, model: str, results: Sequence[dict
     """Adds (or replaces) `model`'s rows in out_dir/results.json and rewrites results.md.
 
     Several models evaluated into the same folder accumulate into one table. Per-target records
-    go to out_dir/records/MODEL__DATASET.json. Every file is written atomically.
+    go to out_dir/records/MODEL__DATASET.json (and a worst-box search's, when a result has one,
+    to MODEL__DATASET__worst_box.json). Every file is written atomically.
     """
     out_dir = Path(out_dir)
     json_path, md_path = out_dir / "results.json", out_dir / "results.md"
@@ -79,9 +122,14 @@ def write_results(out_dir: str | os.PathLike, model: str, results: Sequence[dict
         row = {"model": model, "dataset": result["dataset"], "num_images": result["num_images"],
                "kinds": result["kinds"], **({"coco": result["coco"]} if "coco" in result else {}),
                **(extra or {})}
+        worst = result.get("worst_box")
+        if worst is not None:
+            row["worst_box"] = {"config": worst["config"], "taus": worst["taus"]}
         rows.append(row)
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{model}__{result['dataset']}")
         write_json_atomic(out_dir / "records" / f"{safe}.json", result["records"])
+        if worst is not None:
+            write_json_atomic(out_dir / "records" / f"{safe}__worst_box.json", worst["records"])
     write_json_atomic(json_path, {"format": RESULTS_FORMAT, "rows": rows})
     write_text_atomic(md_path, results_table(rows))
     return json_path, md_path
