@@ -8,6 +8,9 @@
     POST /api/predict            {image_id, box?, points?} -> both models' masks
     POST /api/shake              {image_id, box, seed?} -> 20 noisy boxes, both models' masks
                                  (at most 1024 px on a side: mask_size), mSF
+    POST /api/worst_box          {image_id, box?, tau?} -> SAM's worst box with IoU >= tau (0.5)
+                                 to the box (no box: the scene target's), both models' masks
+                                 on it and their IoUs (mask_size as the shake's)
 
 Every answer that is not a success is a JSON {"error": message} with its status (the app's own
 refusals, the framework's 404/405/422 and an unexpected failure's 500 alike), which the page
@@ -33,8 +36,8 @@ from ..reproduction.pipeline import NUM_TEST_SCENES
 from .encoding import png_bytes
 from .guards import BodyRule, BodyRules, InFlightLimit, SameOriginOnly
 from .prompts import PromptError, shown
-from .session import (SHAKE_BOXES, SHAKE_NOISE_SCALE, DemoSession, UnknownImageError,
-                      scene_image)
+from .session import (SHAKE_BOXES, SHAKE_NOISE_SCALE, WORST_BOX_TAU, DemoSession,
+                      UnknownImageError, scene_with_target)
 from .uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, UploadError, decode_image
 
 MAX_IN_FLIGHT = 4
@@ -121,8 +124,8 @@ def create_app(session: DemoSession, *, model_name: str = "demo",
 
     @app.post("/api/scenes/{index}")
     async def scene(index: int):
-        image, box = await run_in_threadpool(scene_image, index, num_scenes)
-        loaded = await run_in_threadpool(session.add_image, image)
+        image, box, target = await run_in_threadpool(scene_with_target, index, num_scenes)
+        loaded = await run_in_threadpool(session.add_image, image, target)
         return {**loaded, "box": box}
 
     @app.post("/api/images")
@@ -152,6 +155,15 @@ def create_app(session: DemoSession, *, model_name: str = "demo",
             raise PromptError(f"seed must be an integer in [0, 2**32), got {shown(seed)}")
         return await run_in_threadpool(session.shake, str(body.get("image_id")),
                                        body.get("box"), seed)
+
+    @app.post("/api/worst_box")
+    async def worst_box(request: Request):
+        body = await _json_body(request)
+        tau = body.get("tau", WORST_BOX_TAU)
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau < 1:
+            raise PromptError(f"tau must be a number in (0, 1), got {shown(tau)}")
+        return await run_in_threadpool(session.worst_box, str(body.get("image_id")),
+                                       body.get("box"), float(tau))
 
     bodies = BodyRules(InFlightLimit(app, max_in_flight),
                        {"/api/images": BodyRule(UPLOAD_TYPES, max_upload_bytes, "the upload")},

@@ -1,5 +1,5 @@
 """The demo server's model side: one StableSam, a small LRU cache of image embeddings, and the
-three things the page asks for (a prompt's masks, the shake, a bundled scene).
+four things the page asks for (a prompt's masks, the shake, the worst box, a bundled scene).
 
 SAM and Stable-SAM share the embedding: SAM is the same model's decoder with the plugins off
 (`use_plugins=False`), so one `set_image` per image serves both panels and every prompt after
@@ -20,9 +20,11 @@ import numpy as np
 import torch
 
 from ..prompting import predict_best
-from ..data.prompts import noisy_box
+from ..data.prompts import gt_box, noisy_box
+from ..evaluation.box_decoding import PredictorBoxDecoder
 from ..evaluation.coco import rle_json
-from ..evaluation.metrics import stability_score
+from ..evaluation.metrics import mask_iou, stability_score
+from ..evaluation.worst_box import WorstBoxConfig, search_worst_boxes
 from ..families import predictor_for
 from . import encoding
 from .prompts import PromptError, validate_box, validate_prompts
@@ -34,6 +36,13 @@ SHAKE_NOISE_SCALE = 0.4  # ... at noise scale 0.4
 # kept): 2 x 20 masks of a 40 Mpx upload at full size take gigabytes and tens of seconds under
 # the model lock. SAM predicts 256x256 logits in a 1024 px frame, so nothing is lost at 1024.
 SHAKE_MAX_SIDE = 1024
+# The worst box: SAM's (plugins off) lowest-IoU box among those with IoU >= WORST_BOX_TAU to the
+# page's box (or the scene target's), searched with the evaluation's defaults but a tighter time
+# budget, since it holds the model lock: on the demo model a scene takes well under a second,
+# and a 1024 px model on a large upload stops at the budget. Its masks are made at the shake's
+# size (SHAKE_MAX_SIDE), so an upload's size does not scale the work.
+WORST_BOX_TAU = 0.5
+WORST_BOX_CONFIG = WorstBoxConfig(time_budget_s=5.0)
 # Attributes SamPredictor.set_image fills (HQ-SAM's predictor adds its early features).
 _EMBEDDING_ATTRIBUTES = ("features", "interm_features", "original_size", "input_size")
 
@@ -65,15 +74,18 @@ class DemoSession:
 
     # -- images ---------------------------------------------------------------------------------
 
-    def add_image(self, image: np.ndarray) -> dict:
+    def add_image(self, image: np.ndarray, target: np.ndarray | None = None) -> dict:
         """Embeds an RGB uint8 HxWx3 image (once: a known image only becomes the most recently used)
-        and returns {image_id, width, height}."""
+        and returns {image_id, width, height}. `target` (a bundled scene's target mask, bool HxW)
+        is what the worst box searches against when the page has no box."""
         digest = hmac.new(self._id_key, np.ascontiguousarray(image).tobytes(), hashlib.sha256)
         digest.update(repr(image.shape).encode())
         image_id = digest.hexdigest()[:20]
         with self.lock:
             if image_id in self._cache:
                 self._cache.move_to_end(image_id)
+                if target is not None:
+                    self._cache[image_id]["target"] = target
             else:
                 with torch.inference_mode():
                     self.predictor.set_image(image)
@@ -82,6 +94,7 @@ class DemoSession:
                     "embedding": {name: getattr(self.predictor, name)
                                   for name in _EMBEDDING_ATTRIBUTES
                                   if hasattr(self.predictor, name)},
+                    "target": target,
                 }
                 while len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
@@ -181,6 +194,58 @@ class DemoSession:
                 "noise_scale": SHAKE_NOISE_SCALE, "seed": int(seed),
                 "elapsed_ms": round(1000 * (time.perf_counter() - start), 1)}
 
+    def worst_box(self, image_id: str, box=None, tau: float = WORST_BOX_TAU) -> dict:
+        """SAM's worst box near the page's box: among the boxes inside the image with IoU >= tau
+        to it, the one whose SAM mask (plugins off) agrees least with the reference, found by
+        the evaluation's gradient search (stable_sam.evaluation.worst_box); both models' masks
+        on it and their IoUs with the reference. The reference is the scene's target when no
+        box is given ("target": the box is the target's tight box), else each model's own mask
+        for the given box ("box": how far the worst box moves each model's answer). Masks and
+        IoUs at `mask_size` (the shake's bound)."""
+        start = time.perf_counter()
+        with self.lock:
+            image = self._activate(image_id)
+            height, width = image.shape[:2]
+            size = shake_mask_size(height, width)
+            decoders = {name: PredictorBoxDecoder(self.predictor, use_plugins=use)
+                        for name, use in MODELS}
+            if box is None:
+                target = self._cache[image_id].get("target")
+                if target is None:
+                    raise PromptError("the worst box needs a box: drag one on the image (or load "
+                                      "a scene, whose target it then uses)")
+                centre = gt_box(target).astype(np.float64)
+                references = {name: _resized_mask(target, size) for name, _ in MODELS}
+            else:
+                centre = validate_box(box, image.shape)
+                references = {name: d.masks(centre[None], size)[0]
+                              for name, d in decoders.items()}
+            (found,) = search_worst_boxes(decoders["sam"], references["sam"], centre, (tau,),
+                                          WORST_BOX_CONFIG, seed=0, score_size=size)
+            worst = np.array(found["box_min"])
+            masks = {name: d.masks(np.stack([worst, centre]), size)
+                     for name, d in decoders.items()}
+        models = {name: {"iou": mask_iou(m[0], references[name]),
+                         "iou_base": mask_iou(m[1], references[name]),
+                         "mask_png": encoding.mask_png_data_url(m[0])}
+                  for name, m in masks.items()}
+        return {"image_id": image_id, "reference": "target" if box is None else "box",
+                "tau": tau, "box": [round(float(v), 2) for v in centre],
+                "worst_box": [float(v) for v in worst], "box_iou": found["box_iou_min"],
+                "models": models, "mask_size": [size[1], size[0]], "steps": found["steps"],
+                "truncated": found["truncated"],
+                "elapsed_ms": round(1000 * (time.perf_counter() - start), 1)}
+
+
+def _resized_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A bool mask at (height, width) `size` (area share > 1/2), itself when already there."""
+    if mask.shape == tuple(size):
+        return mask
+    import cv2
+
+    return cv2.resize(mask.astype(np.float32), (size[1], size[0]),
+                      interpolation=cv2.INTER_AREA) > 0.5
+
 
 def shake_mask_size(height: int, width: int) -> tuple[int, int]:
     """(height, width) of the shake's masks: the image's, scaled to SHAKE_MAX_SIDE on the long
@@ -206,11 +271,18 @@ def _masks_made_at(predictor, size: tuple[int, int]):
 def scene_image(index: int, num_scenes: int) -> tuple[np.ndarray, list[float]]:
     """Held-out generated scene `index` of `num_scenes` (the demo model never trained on them)
     and a casual box on its target (`casual_prompts`: noisy, from seed 0, loose by rule)."""
+    image, box, _ = scene_with_target(index, num_scenes)
+    return image, box
+
+
+def scene_with_target(index: int, num_scenes: int) -> tuple[np.ndarray, list[float], np.ndarray]:
+    """scene_image's (image, casual box) and the scene's target mask (bool HxW)."""
     from ..commands.demo import casual_prompts
     from ..data.scenes import held_out_scene
 
     if not 0 <= index < num_scenes:
         raise PromptError(f"scene {index} does not exist: pick 0 to {num_scenes - 1}")
     scene = held_out_scene(index)
-    box, _ = casual_prompts(scene.masks[scene.target])
-    return scene.image, [round(float(v), 1) for v in box]
+    target = np.asarray(scene.masks[scene.target], bool)
+    box, _ = casual_prompts(target)
+    return scene.image, [round(float(v), 1) for v in box], target

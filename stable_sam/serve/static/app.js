@@ -7,6 +7,7 @@ const MODELS = ["sam", "stable_sam"];
 const MASK_COLOUR = { sam: [30, 144, 255], stable_sam: [30, 144, 255] };
 const POINT_COLOUR = { sam: "rgb(255,64,64)", stable_sam: "rgb(255,215,0)" };
 const TITLES = { sam: "SAM <span class=\"muted\">(plugins off)</span>", stable_sam: "Stable-SAM" };
+const WORST_BOX_COLOUR = "rgb(255,0,255)";
 
 const state = {
   info: null,
@@ -19,6 +20,7 @@ const state = {
   result: null,         // last /api/predict answer
   overlays: {},         // model -> canvas with the tinted mask
   shake: null,          // last /api/shake answer, with .overlays
+  worst: null,          // last /api/worst_box answer, with .overlays
   busy: false,
   pending: false,
   generation: 0,        // bumped on every prompt change; stale answers are dropped
@@ -119,7 +121,12 @@ function draw(model) {
   if (!state.image) return;
   ctx.drawImage(state.image, 0, 0);
   const width = lineWidth();
-  if (state.shake) {
+  if (state.worst) {
+    // Masks at mask_size, like the shake's: stretched over the image.
+    ctx.drawImage(state.worst.overlays[model], 0, 0, canvas.width, canvas.height);
+    strokeBox(ctx, state.worst.worst_box, WORST_BOX_COLOUR, width * 1.5);
+    if (!state.box) strokeBox(ctx, state.worst.box, "rgb(0,220,0)", width);  // the target's box
+  } else if (state.shake) {
     // The shake's masks may be smaller than the image (mask_size): stretched over it.
     ctx.drawImage(state.shake.overlays[model], 0, 0, canvas.width, canvas.height);
     for (const box of state.shake.boxes) strokeBox(ctx, box, "rgba(255,255,255,0.55)", width / 2);
@@ -164,6 +171,7 @@ function showNumbers() {
       ? `predicted IoU ${out.score.toFixed(3)} · ${out.area} px` : "";
     $(`stability-${model}`).textContent = state.shake
       ? `mSF ${(100 * state.shake.models[model].stability).toFixed(1)}` : "";
+    $(`worst-${model}`).textContent = state.worst ? worstText(state.worst, model) : "";
     const routing = $(`routing-${model}`);
     routing.textContent = "";
     if (out && $("show-sampling").checked) {
@@ -183,11 +191,21 @@ function showNumbers() {
   }
 }
 
+// "worst box: IoU 41.2 (84.6 on the target's box)": the mask's IoU with the reference.
+function worstText(worst, model) {
+  const out = worst.models[model];
+  const base = worst.reference === "target" ? "on the target's box" : "on your box";
+  const against = worst.reference === "target" ? "with the target" : "with its mask for your box";
+  return `worst box: IoU ${(100 * out.iou).toFixed(1)} ${against} ` +
+         `(${(100 * out.iou_base).toFixed(1)} ${base})`;
+}
+
 // ---- requests --------------------------------------------------------------------------------
 
 function promptChanged() {
   state.generation += 1;
   state.shake = null;
+  state.worst = null;
   if (!state.box && state.points.length === 0) {
     state.result = null;
     state.overlays = {};
@@ -248,6 +266,7 @@ async function shake() {
                                             MASK_COLOUR[model], 0.9);
     }
     if (generation !== state.generation) return;
+    state.worst = null;
     state.shake = result;
     showError("");
     setStatus(`Shake: 20 boxes per model in ${Math.round(performance.now() - started)} ms. ` +
@@ -256,6 +275,34 @@ async function shake() {
     showNumbers();
     drawAll();
     document.body.dataset.shaken = String(generation);
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
+async function worstBox() {
+  if (!state.image) { showError("Load a scene or upload an image first."); return; }
+  const generation = state.generation;
+  setStatus("Searching SAM's worst box (gradient steps on the box) ...");
+  const started = performance.now();
+  try {
+    const result = await postJson("/api/worst_box", { image_id: state.imageId, box: state.box });
+    result.overlays = {};
+    for (const model of MODELS) {
+      result.overlays[model] = await tinted(result.models[model].mask_png, MASK_COLOUR[model], 0.5);
+    }
+    if (generation !== state.generation) return;
+    state.shake = null;
+    state.worst = result;
+    showError("");
+    const around = result.reference === "target" ? "the scene target's box" : "your box";
+    setStatus(`Worst box for SAM (magenta) among boxes with IoU ≥ ${result.tau} to ${around}: ` +
+              `IoU ${result.box_iou.toFixed(2)} with it, found in ` +
+              `${Math.round(performance.now() - started)} ms` +
+              (result.truncated ? " (the search hit its time budget)." : "."));
+    showNumbers();
+    drawAll();
+    document.body.dataset.worst = String(generation);
   } catch (err) {
     showError(err.message);
   }
@@ -361,7 +408,7 @@ function buildPanels() {
     panel.dataset.model = model;
     panel.querySelector("figcaption").innerHTML = TITLES[model];
     panel.querySelector("canvas").id = `canvas-${model}`;
-    for (const part of ["score", "stability", "routing"]) {
+    for (const part of ["score", "stability", "routing", "worst"]) {
       panel.querySelector(`.${part}`).id = `${part}-${model}`;
     }
     const png = panel.querySelector("a.png");
@@ -384,6 +431,7 @@ async function start() {
     if (state.suggestedBox) { state.box = state.suggestedBox.slice(); promptChanged(); }
   });
   $("shake").addEventListener("click", shake);
+  $("worst-box").addEventListener("click", worstBox);
   $("show-sampling").addEventListener("change", () => { showNumbers(); drawAll(); });
   try {
     state.info = await api("/api/info");
