@@ -283,8 +283,51 @@ def evaluate_methods(out: Path, base: Path, dataset: SceneTargets, weights: dict
     if "sam" in methods:
         table["site_reliance"] = base_site_reliance(out, base, dataset, prompts,
                                                     prompts_file.stem)
+    if {"sam", "stable_sam"} <= set(methods):
+        table["worst_box"] = worst_box_rows(out, base, weights["stable_sam"], dataset,
+                                            prompts_file.stem, progress)
     table.update(split_summary(dataset))
     return table
+
+
+# the worst-case box search (evaluation.worst_box) as `stable-sam evaluate --worst-box` runs it
+# by default, without its per-target time budget: a table must not depend on the machine's speed
+WORST_BOX_METHODS = ("sam", "stable_sam")
+
+
+def worst_box_rows(out: Path, base: Path, plugins: Path, dataset: SceneTargets, stem: str,
+                   progress: bool = True) -> dict:
+    """{method: {tau: IoU-Min / IoU-Base / IoU-Max / Delta summary}} for SAM (the base: the
+    Stable-SAM model with its plugins off, the same decoder path) and Stable-SAM, on every
+    held-out target; percentages. Kept in OUT like a method's row."""
+    import dataclasses
+
+    from ..evaluation.worst_box import WorstBoxConfig
+    from ..evaluation.worst_box_rows import evaluate_worst_boxes
+
+    path = out / f"worst_box_{stem}.json"
+    if path.is_file():
+        return read_json(path, "the worst-case box rows", "delete it to search again")
+    config = dataclasses.replace(WorstBoxConfig(), time_budget_s=None)
+    _, predictor = load_method("stable_sam", base, plugins)
+    rows = {}
+    for method in WORST_BOX_METHODS:
+        result = evaluate_worst_boxes(predictor, dataset, config=config,
+                                      use_plugins=method == "stable_sam", progress=progress)
+        rows[method] = {tau: {k: percent_of(v) for k, v in summary.items()}
+                        for tau, summary in result["taus"].items()}
+    rows["config"] = result["config"]
+    write_json_atomic(path, rows)
+    return rows
+
+
+def percent_of(value):
+    """A fraction (or a [low, high] pair of them) as percentages; counts stay as they are."""
+    from .table_rows import percent
+
+    if isinstance(value, list):
+        return [percent(v) for v in value]
+    return percent(value) if isinstance(value, float) else value
 
 
 RELIANCE_KINDS = ("box", "noisy_box")

@@ -144,6 +144,8 @@ def markdown_section(table: dict, command: str, machine: str, note: str = "") ->
                          + f" | {_cell(row.get('background_box', {}).get('on_objects'))} |")
     if "site_reliance" in table:
         lines += ["", *reliance_lines(table["site_reliance"])]
+    if "worst_box" in table:
+        lines += ["", *worst_box_lines(table["worst_box"])]
     lines += ["", "### Targets", "", "| target | measured | |", "| --- | --- | --- |"]
     for name, met, measured in check_targets(table):
         lines.append(f"| {name} | {measured} | {'met' if met else 'MISSED'} |")
@@ -167,5 +169,24 @@ def reliance_lines(reliance: dict) -> list:
     for name, row in reliance["routes"].items():
         label = f"**{name} (plugin site)**" if name == reliance["site"] else name
         lines.append(f"| {label} | " + " | ".join(_cell(row["drop"][k]) for k in kinds) + " |")
+    return lines
+
+
+def worst_box_lines(rows: dict) -> list:
+    """IoU-Min / IoU-Base / IoU-Max / Delta per method and tau (`evaluation/worst_box.py`)."""
+    config = rows.get("config", {})
+    lines = ["### Worst-case boxes: IoU-Min / IoU-Base / IoU-Max (mIoU over targets)", "",
+             "Among boxes whose IoU with the GT box is at least tau, the one found by projected "
+             "gradient steps on its four coordinates that minimises (maximises) the mask's IoU; "
+             f"{config.get('starts', '?')} starts, {config.get('steps', '?')} steps per start "
+             "and direction. IoU-Base is the GT box's; 95 % bootstrap intervals over images.", "",
+             "| method | tau | IoU-Min | IoU-Base | IoU-Max | Delta |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for method, by_tau in rows.items():
+        if method == "config":
+            continue
+        for tau, s in by_tau.items():
+            cells = [_with_interval(s, m) for m in ("iou_min", "iou_base", "iou_max", "delta")]
+            lines.append(f"| {TITLES.get(method, method)} | {tau} | " + " | ".join(cells) + " |")
     return lines
 

@@ -14,7 +14,17 @@ def test_reproduce_in_miniature(tmp_path, capsys):
     out = tmp_path / "r"
     assert main(["reproduce", "--out", str(out), *ARGS]) == 0
     table = json.loads((out / "reproduction.json").read_text())
-    assert set(table) == {"methods", "box_fill_mIoU", "test_targets", "site_reliance"}
+    assert set(table) == {"methods", "box_fill_mIoU", "test_targets", "site_reliance",
+                          "worst_box"}
+    for method in ("sam", "stable_sam"):
+        for tau in ("0.5", "0.7"):
+            row = table["worst_box"][method][tau]
+            assert row["count"] == table["test_targets"]
+            assert row["iou_min"] <= row["iou_base"] <= row["iou_max"]
+            assert abs(row["delta"] - (row["iou_max"] - row["iou_min"])) < 0.02
+    # the base's GT-box IoU is the same whether searched or evaluated
+    assert abs(table["worst_box"]["sam"]["0.5"]["iou_base"]
+               - table["methods"]["sam"]["kinds"]["box"]["mIoU"]) < 0.02
     reliance = table["site_reliance"]
     assert reliance["site"] == "layers[1].token_to_image" and len(reliance["routes"]) == 5
     # with every route, the base's mIoU is its row's (the first five noisy boxes of 2 = both)
@@ -39,6 +49,7 @@ def test_reproduce_in_miniature(tmp_path, capsys):
     assert table["methods"]["stable_sam"]["trainable_params"] == 83_307
     assert "### Targets" in (out / "results.md").read_text()
     assert "**layers[1].token_to_image (plugin site)**" in (out / "results.md").read_text()
+    assert "| SAM (base, frozen) | 0.7 |" in (out / "results.md").read_text()
     weights = out / "stable_sam" / "plugins.safetensors"
     stamp = weights.stat().st_mtime_ns
     capsys.readouterr()
