@@ -21,7 +21,8 @@ from . import CliError
 from ._common import add_model_arguments, model_image_size
 
 DATA_FORMS = ("hqseg DIR [DIR ...]", "hqseg44k-val ROOT", "coco IMAGE_DIR ANN_FILE")
-# WorstBoxConfig's defaults, repeated here so that --help does not import torch
+# WorstBoxConfig's defaults for --help, repeated: a command module imports no torch at module level
+# (stable_sam.commands); test_worst_box_command keeps the two equal
 WORST_BOX_DEFAULTS = {"steps": 3, "starts": 3, "time_budget_s": 10.0}
 WORST_BOX_OPTIONS = ("--worst-box-tau", "--worst-box-steps", "--worst-box-starts",
                      "--worst-box-time-budget")

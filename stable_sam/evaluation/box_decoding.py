@@ -94,7 +94,8 @@ class PredictorBoxDecoder:
                             f"({exc})") from None
         image = self.batching.predictor_image(predictor)
         self.predictor, self.model, self.use_plugins = predictor, model, use_plugins
-        # copies: the cached embedding may be an inference tensor, which autograd cannot save
+        # copies: a cached embedding made under inference_mode is an inference tensor, which
+        # autograd refuses to save for backward should a family's decoder op need it
         self.tensors = {name: t.clone() for name, t in image.tensors.items()}
         self.input_size, self.image_size = image.input_sizes[0], tuple(image.original_sizes[0])
         # SAM2ImagePredictor keeps the threshold itself; SamPredictor reads its model's
