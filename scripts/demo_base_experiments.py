@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stable_sam.data._io import append_json_line
 from stable_sam.data.scenes import VAL_SEED, SceneTargets
 from stable_sam.evaluation.ceiling import box_fill_iou, grid_ceiling_miou
 from stable_sam.evaluation.protocol import evaluate_background_boxes, evaluate_masks
@@ -112,9 +113,7 @@ def main() -> None:
                       val=validate(path, dataset, args.prompts_per_target),
                       val_seconds=round(time.perf_counter() - started))
     print(json.dumps(result))
-    Path(args.log).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.log, "a") as log:
-        log.write(json.dumps(result) + "\n")
+    append_json_line(args.log, result)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from stable_sam.data._io import append_json_line
 from stable_sam.data.scenes import VAL_SEED, SceneTargets
 from stable_sam.evaluation.prompts import freeze_prompts
 from stable_sam.evaluation.protocol import evaluate_masks
@@ -94,9 +95,7 @@ def main() -> None:
                                      "train_seconds": round(seconds)}
         print(json.dumps({method: result["methods"][method]}), flush=True)
     print(json.dumps(result))
-    Path(args.log).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.log, "a") as log:
-        log.write(json.dumps(result) + "\n")
+    append_json_line(args.log, result)
 
 
 if __name__ == "__main__":

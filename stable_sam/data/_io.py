@@ -82,6 +82,16 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(_finite(obj), indent=1, allow_nan=False) + "\n")
 
 
+def append_json_line(path: str | os.PathLike, obj: Any) -> Path:
+    """Appends `obj` as one line of JSON to a log (JSON Lines), creating its folder: an
+    experiment log grows by whole runs, so a line is written in one call."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(json.dumps(obj) + "\n")
+    return path
+
+
 def write_image_atomic(path: str | os.PathLike, image: np.ndarray) -> Path:
     """Writes an RGB (HxWx3) or grayscale (HxW) uint8 image; the format follows the suffix."""
     path = Path(path)

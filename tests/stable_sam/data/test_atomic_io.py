@@ -59,3 +59,15 @@ def test_a_failed_write_leaves_the_old_file(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         write_atomic(tmp_path / "a.txt", fail)
     assert (tmp_path / "a.txt").read_text() == "old" and os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_append_json_line_adds_one_whole_line_per_call(tmp_path):
+    import json
+
+    from stable_sam.data._io import append_json_line
+
+    log = tmp_path / "new" / "runs.jsonl"
+    append_json_line(log, {"a": 1})
+    append_json_line(log, {"b": [2, 3]})
+    assert [json.loads(line) for line in log.read_text().splitlines()] == [{"a": 1},
+                                                                           {"b": [2, 3]}]
