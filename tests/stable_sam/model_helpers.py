@@ -45,3 +45,14 @@ def make_image(height: int = 180, width: int = 240, seed: int = 0) -> np.ndarray
     image = rng.integers(0, 60, size=(height, width, 3), dtype=np.uint8)
     image[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = (220, 180, 40)
     return image
+
+
+def assert_masks_agree_where_decided(masks: np.ndarray, expected_masks: np.ndarray,
+                                     expected_logits: np.ndarray, tol: float) -> None:
+    """Thresholded masks of two computations whose logits agree within `tol`: equal at every
+    pixel whose expected logit is further than `tol` from the threshold (0). A pixel closer to
+    it may fall either side on another CPU's rounding, so an exact comparison there would pass
+    or fail by the machine's luck."""
+    decided = np.abs(expected_logits) > tol
+    assert decided.mean() > 0.99, "almost every pixel should be decided"
+    assert np.array_equal(masks[decided], expected_masks[decided])
