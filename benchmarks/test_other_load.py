@@ -19,11 +19,17 @@ def spin(seconds):
 
 
 def test_own_work_is_not_counted():
+    # what other processes do meanwhile is counted, as it should be: measured over a second of
+    # sleep right before, so the test holds on a busy machine too
+    idle = OtherLoad()
+    time.sleep(1.0)
+    others = idle.cores()
     load = OtherLoad()
     spin(1.0)
     cores = load.cores()
-    assert cores < 0.2
-    assert "shared" not in other_load.describe(cores)
+    assert cores < others + 0.3  # a full core of its own spinning would add about 1.0
+    if others < 0.05:
+        assert "shared" not in other_load.describe(cores)
 
 
 def test_another_process_is_counted():
