@@ -182,6 +182,29 @@ def _around(rng: np.random.Generator, mask: np.ndarray, count: int, gap: float) 
     return points
 
 
+def _carve_parts(rng: np.random.Generator, masks: list, first: int, paint_part) -> list:
+    """Part/whole pairs: each object from index `first` on may get a blob inside it as a part
+    of its own (painted by paint_part(whole index, part mask) before it is appended to masks);
+    returns the (whole, part) index pairs. Every version's draws, in this order, fix its
+    scenes: change nothing here without a new version."""
+    groups = []
+    for i in range(first, len(masks)):
+        if rng.uniform() < 0.5 and masks[i].sum() >= 3 * MIN_TARGET_AREA:
+            ys, xs = np.nonzero(cv2.erode(masks[i].astype(np.uint8), np.ones((9, 9), np.uint8)))
+            if len(xs) == 0:
+                continue
+            k = int(rng.integers(len(xs)))
+            radius = np.sqrt(masks[i].sum() / np.pi) * rng.uniform(0.35, 0.55)
+            height, width = masks[i].shape
+            part = _shape(rng, "blob", (xs[k], ys[k]), radius, height, width) & masks[i]
+            if MIN_TARGET_AREA <= part.sum() <= 0.6 * masks[i].sum():
+                paint_part(i, part)
+                masks[i] = masks[i] & ~part
+                masks.append(part)
+                groups.append((i, len(masks) - 1))
+    return groups
+
+
 def _make_scene_v2(seed: int, index: int, size: int) -> Scene:
     rng = np.random.default_rng([seed, index, 2])
     height = width = int(size)
@@ -222,19 +245,8 @@ def _make_scene_v2(seed: int, index: int, size: int) -> Scene:
     for _ in range(int(rng.integers(1, 3))):  # more objects anywhere, behind the first ones
         behind(_shape(rng, str(rng.choice(SHAPES)), rng.uniform(0.1, 0.9, size=2) * size,
                       size * rng.uniform(0.08, 0.15), height, width))
-    for i in range(clutter, len(masks)):  # parts: a patch of another colour inside an object
-        if rng.uniform() < 0.5 and masks[i].sum() >= 3 * MIN_TARGET_AREA:
-            ys, xs = np.nonzero(cv2.erode(masks[i].astype(np.uint8), np.ones((9, 9), np.uint8)))
-            if len(xs) == 0:
-                continue
-            k = int(rng.integers(len(xs)))
-            radius = np.sqrt(masks[i].sum() / np.pi) * rng.uniform(0.35, 0.55)
-            part = _shape(rng, "blob", (xs[k], ys[k]), radius, height, width) & masks[i]
-            if MIN_TARGET_AREA <= part.sum() <= 0.6 * masks[i].sum():
-                _paint(image, part, rng)
-                masks[i] = masks[i] & ~part
-                masks.append(part)
-                groups.append((i, len(masks) - 1))
+    # parts: a patch of another colour inside an object
+    groups += _carve_parts(rng, masks, clutter, lambda i, part: _paint(image, part, rng))
     if rng.uniform() < 0.6:  # an occluder in front of the target that leaves most of it visible
         point = _near_boundary(rng, masks[target])
         shape = _shape(rng, str(rng.choice(("blob", "polygon"))), point,
@@ -329,21 +341,13 @@ def _make_scene_v3(seed: int, index: int, size: int) -> Scene:
     for _ in range(int(rng.integers(0, 2))):  # an object anywhere, behind the others
         behind(_shape(rng, str(rng.choice(SHAPES)), rng.uniform(0.1, 0.9, size=2) * size,
                       size * rng.uniform(0.08, 0.15), height, width))
-    for i in range(clutter, len(masks)):  # parts: a patch of another shade inside an object
-        if rng.uniform() < 0.5 and masks[i].sum() >= 3 * MIN_TARGET_AREA:
-            ys, xs = np.nonzero(cv2.erode(masks[i].astype(np.uint8), np.ones((9, 9), np.uint8)))
-            if len(xs) == 0:
-                continue
-            k = int(rng.integers(len(xs)))
-            radius = np.sqrt(masks[i].sum() / np.pi) * rng.uniform(0.35, 0.55)
-            part = _shape(rng, "blob", (xs[k], ys[k]), radius, height, width) & masks[i]
-            if MIN_TARGET_AREA <= part.sum() <= 0.6 * masks[i].sum():
-                colour = _offset(rng, colours[i], *V3_PART_CONTRAST)
-                paint(part, colour)
-                masks[i] = masks[i] & ~part
-                masks.append(part)
-                colours.append(colour)
-                groups.append((i, len(masks) - 1))
+    def paint_part(i: int, part: np.ndarray) -> None:  # another shade of its whole
+        colour = _offset(rng, colours[i], *V3_PART_CONTRAST)
+        paint(part, colour)
+        colours.append(colour)
+
+    # parts: a patch of another shade inside an object
+    groups += _carve_parts(rng, masks, clutter, paint_part)
     if rng.uniform() < 0.6:  # an occluder in front of the target that leaves most of it visible
         point = _near_boundary(rng, masks[target])
         shape = _shape(rng, str(rng.choice(("blob", "polygon"))), point,
